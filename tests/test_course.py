@@ -1,0 +1,106 @@
+"""The course runner: notebook selection, the record helper, cleaning for commit, and a real headless run."""
+
+import json
+import math
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from utils import course
+
+
+def test_course_map_covers_every_chapter_once():
+    rows = course.course_map()
+    assert [row["number"] for row in rows] == [f"{i:02d}" for i in range(16)]
+    assert rows[0]["notebook"] == "00_course_tour.ipynb"
+
+
+def test_record_validates_and_writes_the_runner_file(tmp_path, monkeypatch, capsys):
+    target = tmp_path / "metrics.json"
+    monkeypatch.setenv(course.RECORD_FILE_ENV, str(target))
+    assert course.record("val_loss", 3.25, "nats") == 3.25
+    course.record("samples", 12)
+    assert json.loads(target.read_text()) == {
+        "val_loss": {"value": 3.25, "unit": "nats"},
+        "samples": {"value": 12, "unit": ""},
+    }
+    assert "recorded val_loss = 3.25 nats" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="check the computation"):
+        course.record("loss", math.nan)
+    with pytest.raises(ValueError, match="non-empty"):
+        course.record(" ", 1)
+    with pytest.raises(TypeError):
+        course.record("tensor", [1, 2])
+
+
+def _write(path, *cells):
+    nb = new_notebook(cells=list(cells))
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_select_notebooks_by_number_and_rejects_unknown(tmp_path):
+    for name in ("00_a.ipynb", "03_b.ipynb", "06_c.ipynb"):
+        _write(tmp_path / name, new_code_cell("1"))
+    assert [p.name for p in course.select_notebooks("6,0", tmp_path)] == ["06_c.ipynb", "00_a.ipynb"]
+    assert len(course.select_notebooks(None, tmp_path)) == 3
+    with pytest.raises(SystemExit, match="no notebook numbered 09.*available: 00, 03, 06"):
+        course.select_notebooks("03,09", tmp_path)
+
+
+def test_clean_for_commit_drops_run_metadata_and_local_paths():
+    nb = {
+        "metadata": {"papermill": {"duration": 3}},
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {"papermill": {}, "execution": {}, "tags": ["x"]},
+                "outputs": [{"output_type": "stream", "name": "stdout", "text": f"{course.ROOT}/data/cache/x\n"}],
+                "source": "",
+            }
+        ],
+    }
+    cleaned = course.clean_for_commit(nb)
+    assert "papermill" not in cleaned["metadata"]
+    assert cleaned["cells"][0]["metadata"] == {"tags": ["x"]}
+    assert cleaned["cells"][0]["outputs"][0]["text"] == "data/cache/x\n"
+    assert nb["metadata"]["papermill"] == {"duration": 3}  # the input is left alone
+
+
+def test_a_run_reports_passes_failures_metrics_and_figures(tmp_path):
+    notebooks, runs = tmp_path / "notebooks", tmp_path / "runs"
+    notebooks.mkdir()
+    _write(
+        notebooks / "00_good.ipynb",
+        new_markdown_cell("# Good"),
+        new_code_cell("import os\nfrom utils.course import record\nrecord('smoke', os.environ['COURSE_SMOKE'])"),
+        new_code_cell(
+            "import matplotlib\nmatplotlib.use('module://matplotlib_inline.backend_inline')\n"
+            "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()"
+        ),
+    )
+    _write(notebooks / "01_bad.ipynb", new_code_cell("x = 1"), new_code_cell("raise ValueError('planted failure')"))
+    _write(notebooks / "02_after.ipynb", new_code_cell("print('still runs')"))
+    code = course.run_course(smoke=True, runs_dir=runs, timeout_s=120, notebooks_dir=notebooks)
+    assert code == 1
+    (run_dir,) = runs.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    by_name = {entry["notebook"]: entry for entry in summary["notebooks"]}
+    assert [by_name[n]["status"] for n in ("00_good.ipynb", "01_bad.ipynb", "02_after.ipynb")] == [
+        "passed",
+        "failed",
+        "passed",
+    ]
+    assert by_name["00_good.ipynb"]["metrics"] == {"smoke": {"value": "1", "unit": ""}}
+    assert len(by_name["00_good.ipynb"]["figures"]) == 1 and (run_dir / by_name["00_good.ipynb"]["figures"][0]).exists()
+    error = by_name["01_bad.ipynb"]["error"]
+    assert error["ename"] == "ValueError" and error["evalue"] == "planted failure" and error["cell_index"] == 1
+    page = (run_dir / "index.html").read_text()
+    assert "planted failure" in page and "01_bad.ipynb" in page and "<img" in page
+    assert summary["mode"] == "smoke" and summary["passed"] == 2 and summary["failed"] == 1
+
+
+def test_update_notebooks_refuses_smoke_size():
+    with pytest.raises(SystemExit, match="default-size"):
+        course.run_course(smoke=True, update_notebooks=True)

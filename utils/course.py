@@ -1,0 +1,348 @@
+"""The course itself: its map, the `record` helper notebooks report results with, and the headless runner behind
+`make course`.
+
+    python -m utils.course run                   # every notebook at its default (laptop) size
+    python -m utils.course run --smoke           # seconds per notebook, what the tests use
+    python -m utils.course run --only 00,03      # just these chapters
+    python -m utils.course run --only 00 --update-notebooks   # also write outputs back into notebooks/
+    python -m utils.course list                  # the course map
+
+A run writes `runs/<timestamp>/`: the executed notebooks, `figures/`, `summary.json` and `index.html`. One
+notebook failing does not stop the others; the exit status is non-zero if any failed, and the report names the
+cell that raised and what it raised. Defined for notebook 00; needs papermill and nbformat, and `utils.machine`
+for the machine description in the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = ROOT / "notebooks"
+RUNS_DIR = ROOT / "runs"
+RECORD_FILE_ENV = "COURSE_RECORD_FILE"  # the runner points this at a per-notebook JSON file
+SMOKE_ENV = "COURSE_SMOKE"  # "1": notebooks run at smoke size
+
+#: Environment every headless notebook kernel gets on top of the runner's: no progress bars (they are for people
+#: watching; in a saved notebook they are noise). Each notebook switches the hub off itself (utils.offline).
+HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One notebook of the course and the book chapters and stage it accompanies."""
+
+    number: str
+    title: str
+    book_chapters: str
+    stage: str
+
+
+#: The course map. Stages follow the book's five parts.
+CHAPTERS: list[Chapter] = [
+    Chapter("00", "Course tour: machine, assets and map", "-", "Start here"),
+    Chapter("01", "Foundation models and pretraining objectives", "1", "Before pretraining"),
+    Chapter("02", "Use case, scaling laws and model sizing", "2, 3", "Before pretraining"),
+    Chapter("03", "Dataset preparation: clean, filter, deduplicate", "2", "Before pretraining"),
+    Chapter("04", "Containers and accelerators on the cloud", "4", "Configure your environment"),
+    Chapter("05", "Distribution fundamentals: DDP, FSDP, TP, PP", "5", "Configure your environment"),
+    Chapter("06", "The data loader: tokenize, pack, stream", "6", "Configure your environment"),
+    Chapter("07", "Finding the right hyperparameters", "7", "Train your model"),
+    Chapter("08", "Large-scale training on SageMaker", "8", "Train your model"),
+    Chapter("09", "Advanced training: throughput, MFU, compilation", "9", "Train your model"),
+    Chapter("10", "Fine-tuning and evaluating, RLHF", "10", "Evaluate your model"),
+    Chapter("11", "Detecting, mitigating and monitoring bias", "11", "Evaluate your model"),
+    Chapter("12", "Deploying your model", "12", "Evaluate your model"),
+    Chapter("13", "Prompt engineering", "13", "Deploy your model"),
+    Chapter("14", "MLOps for vision and language", "14", "Deploy your model"),
+    Chapter("15", "Future trends in pretraining", "15", "Deploy your model"),
+]
+
+
+def course_map(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[dict[str, str]]:
+    """The course map as rows (notebook, title, book chapters, stage, notebook file or "planned")."""
+    present = {path.name[:2]: path.name for path in notebooks_dir.glob("[0-9][0-9]_*.ipynb")}
+    return [{**asdict(ch), "notebook": present.get(ch.number, "planned")} for ch in CHAPTERS]
+
+
+# --------------------------------------------------------------------------------------------- recording results
+
+_RECORDED: dict[str, Any] = {}
+
+
+def record(key: str, value: float | int | str | bool, unit: str = "") -> float | int | str | bool:
+    """Record one key result of a notebook (a loss, an accuracy, a throughput) and return the value.
+
+    The value is printed, kept in memory, and, when the course runner set `COURSE_RECORD_FILE`, saved there so
+    the run report shows it. Numbers must be finite: a NaN loss is a bug to fix, not a result to report.
+    """
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"record() needs a non-empty string key, got {key!r}")
+    if not isinstance(value, (int, float, str, bool)):
+        raise TypeError(f"record({key!r}) takes a number, string or bool; got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"record({key!r}) got {value}; check the computation that produced it")
+    entry: dict[str, Any] = {"value": value, "unit": unit}
+    _RECORDED[key] = entry
+    path = os.environ.get(RECORD_FILE_ENV)
+    if path:
+        saved = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+        saved[key] = entry
+        Path(path).write_text(json.dumps(saved, indent=2))
+    shown = f"{value:.4g}" if isinstance(value, float) else value
+    print(f"recorded {key} = {shown}{' ' + unit if unit else ''}")
+    return value
+
+
+def recorded() -> dict[str, Any]:
+    """Everything `record` saw in this process, as {key: {"value", "unit"}}."""
+    return dict(_RECORDED)
+
+
+# ----------------------------------------------------------------------------------------------------- the runner
+
+
+@dataclass
+class NotebookResult:
+    """What happened to one notebook in a run."""
+
+    notebook: str
+    status: str  # "passed" or "failed"
+    wall_s: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+
+
+def select_notebooks(only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06"."""
+    available = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
+    if not only:
+        return available
+    by_number = {path.name[:2]: path for path in available}
+    wanted = [part.strip().zfill(2) for part in only.split(",") if part.strip()]
+    unknown = [number for number in wanted if number not in by_number]
+    if unknown or not wanted:
+        raise SystemExit(
+            f"--only {only!r}: no notebook numbered {', '.join(unknown) or '(none given)'}; "
+            f"available: {', '.join(by_number)}"
+        )
+    return [by_number[number] for number in dict.fromkeys(wanted)]
+
+
+@contextmanager
+def _environment(updates: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _describe_failure(err: BaseException) -> dict[str, Any]:
+    """Which cell raised what, from papermill's error (or the kernel/timeout error nbclient raised)."""
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        lines = err.source.strip().splitlines()
+        return {
+            "cell_index": err.cell_index,
+            "execution_count": err.exec_count,
+            "cell_first_line": lines[0] if lines else "",
+            "ename": err.ename,
+            "evalue": err.evalue,
+        }
+    return {"cell_index": None, "ename": type(err).__name__, "evalue": str(err)}
+
+
+def extract_figures(notebook: dict[str, Any], figures_dir: Path, stem: str) -> list[Path]:
+    """Save every PNG output of an executed notebook as `<stem>_cell<NN>_<k>.png`; return the paths."""
+    saved = []
+    for index, cell in enumerate(notebook["cells"]):
+        for k, output in enumerate(cell.get("outputs", [])):
+            png = output.get("data", {}).get("image/png")
+            if png:
+                figures_dir.mkdir(parents=True, exist_ok=True)
+                path = figures_dir / f"{stem}_cell{index:02d}_{k}.png"
+                path.write_bytes(base64.b64decode(png if isinstance(png, str) else "".join(png)))
+                saved.append(path)
+    return saved
+
+
+def _replace_in(obj: Any, replacements: list[tuple[str, str]]) -> Any:
+    if isinstance(obj, str):
+        for old, new in replacements:
+            obj = obj.replace(old, new)
+        return obj
+    if isinstance(obj, list):
+        return [_replace_in(item, replacements) for item in obj]
+    if isinstance(obj, dict):
+        return {key: _replace_in(value, replacements) for key, value in obj.items()}
+    return obj
+
+
+def clean_for_commit(notebook: dict[str, Any]) -> dict[str, Any]:
+    """A copy of an executed notebook fit to commit: no papermill/timing metadata, no absolute local paths.
+
+    Paths under the course folder become relative, the home folder becomes `~`, so outputs do not reveal
+    (or depend on) the machine that produced them.
+    """
+    replacements = [(f"{ROOT}{os.sep}", ""), (str(ROOT), "."), (str(Path.home()), "~")]
+    cleaned = json.loads(json.dumps(notebook))
+    cleaned["metadata"].pop("papermill", None)
+    for cell in cleaned["cells"]:
+        cell.get("metadata", {}).pop("papermill", None)
+        cell.get("metadata", {}).pop("execution", None)
+        if "outputs" in cell:
+            cell["outputs"] = _replace_in(cell["outputs"], replacements)
+    return cleaned
+
+
+def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> NotebookResult:
+    """Execute one notebook headless with papermill into `run_dir`; never raises for a notebook failure."""
+    import nbformat
+    import papermill
+
+    executed = run_dir / source.name
+    record_file = run_dir / "records" / f"{source.stem}.json"
+    record_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**HEADLESS_ENV, SMOKE_ENV: "1" if smoke else "0", RECORD_FILE_ENV: str(record_file)}
+    start = time.perf_counter()
+    error = None
+    with _environment(env):
+        try:
+            papermill.execute_notebook(
+                str(source), str(executed), kernel_name="python3", cwd=str(source.parent),
+                progress_bar=False, execution_timeout=timeout_s,
+            )  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - any failure of one notebook is reported, the run goes on
+            error = _describe_failure(err)
+    wall = time.perf_counter() - start
+    figures: list[Path] = []
+    if executed.exists():
+        figures = extract_figures(nbformat.read(executed, as_version=4), run_dir / "figures", source.stem)
+    metrics = json.loads(record_file.read_text()) if record_file.exists() else {}
+    return NotebookResult(
+        notebook=source.name,
+        status="failed" if error else "passed",
+        wall_s=round(wall, 1),
+        metrics=metrics,
+        figures=[str(path.relative_to(run_dir)) for path in figures],
+        error=error,
+    )
+
+
+def write_report(results: list[NotebookResult], run_dir: Path, smoke: bool, machine: dict[str, Any]) -> None:
+    """Write `summary.json` and a one-page `index.html` with every notebook's status, metrics and figures."""
+    summary = {
+        "run": run_dir.name,
+        "mode": "smoke" if smoke else "default",
+        "machine": machine,
+        "passed": sum(r.status == "passed" for r in results),
+        "failed": sum(r.status == "failed" for r in results),
+        "notebooks": [asdict(r) for r in results],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    esc = html.escape
+    rows, sections = [], []
+    for r in results:
+        metrics = "<br>".join(
+            f"{esc(k)} = {esc(str(v['value']))} {esc(v.get('unit', ''))}" for k, v in r.metrics.items()
+        )
+        problem = ""
+        if r.error:
+            where = f"cell {r.error['cell_index']}: " if r.error.get("cell_index") is not None else ""
+            problem = f"<br><b>{esc(where + r.error['ename'])}</b>: {esc(str(r.error['evalue']))[:500]}"
+        rows.append(
+            f"<tr class='{r.status}'><td><a href='{esc(r.notebook)}'>{esc(r.notebook)}</a></td>"
+            f"<td>{r.status}{problem}</td><td>{r.wall_s:.1f}</td><td>{metrics}</td></tr>"
+        )
+        images = "".join(f"<img src='{esc(f)}' alt='{esc(f)}'>" for f in r.figures)
+        sections.append(f"<h2>{esc(r.notebook)}</h2><div class='figs'>{images or '<p>No figures.</p>'}</div>")
+    facts = ", ".join(f"{esc(k)}: {esc(str(v))}" for k, v in machine.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Course run {esc(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}tr.failed{{background:#fdd}}
+tr.passed td:nth-child(2){{color:#070}}.figs img{{max-width:48%;margin:4px;border:1px solid #eee}}</style>
+</head><body><h1>Course run {esc(run_dir.name)} ({summary["mode"]} size)</h1>
+<p>{summary["passed"]} passed, {summary["failed"]} failed.</p><p><small>{facts}</small></p>
+<table><tr><th>notebook</th><th>status</th><th>wall s</th><th>recorded results</th></tr>{"".join(rows)}</table>
+{"".join(sections)}</body></html>"""
+    (run_dir / "index.html").write_text(page)
+
+
+def run_course(
+    smoke: bool = False,
+    only: str | None = None,
+    update_notebooks: bool = False,
+    runs_dir: Path = RUNS_DIR,
+    timeout_s: int = 1800,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+) -> int:
+    """Run the selected notebooks in order and write the report; return 0 if all passed, else 1."""
+    import nbformat
+
+    from utils.machine import describe_machine
+
+    if update_notebooks and smoke:
+        raise SystemExit("--update-notebooks writes default-size outputs; drop --smoke to use it")
+    notebooks = select_notebooks(only, notebooks_dir)
+    stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S") + ("-smoke" if smoke else "")
+    run_dir = runs_dir / stamp
+    run_dir.mkdir(parents=True, exist_ok=False)
+    print(f"Running {len(notebooks)} notebook(s) at {'smoke' if smoke else 'default'} size into {run_dir}")
+    results = []
+    for i, source in enumerate(notebooks, 1):
+        result = run_notebook(source, run_dir, smoke, timeout_s)
+        results.append(result)
+        detail = f" - {result.error['ename']}: {str(result.error['evalue'])[:200]}" if result.error else ""
+        print(f"[{i}/{len(notebooks)}] {source.name}: {result.status} in {result.wall_s:.1f} s{detail}", flush=True)
+        if update_notebooks and result.status == "passed":
+            executed = nbformat.read(run_dir / source.name, as_version=4)
+            nbformat.write(nbformat.from_dict(clean_for_commit(executed)), source)
+    write_report(results, run_dir, smoke, describe_machine())
+    failed = [r.notebook for r in results if r.status == "failed"]
+    print(f"Report: {run_dir / 'index.html'}" + (f"\nFAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.course", description="Run the course's notebooks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute notebooks headless and write a report under runs/")
+    run.add_argument("--smoke", action="store_true", help="tiny sizes: seconds per notebook (as in `make test`)")
+    run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    run.add_argument("--update-notebooks", action="store_true", help="write outputs back into notebooks/")
+    run.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run folders go (default: runs/)")
+    run.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default: 1800)")
+    sub.add_parser("list", help="print the course map")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for row in course_map():
+            print(f"{row['number']}  {row['title']:50} book ch. {row['book_chapters']:6} {row['notebook']}")
+        return 0
+    if args.timeout <= 0:
+        parser.error("--timeout must be a positive number of seconds")
+    return run_course(args.smoke, args.only, args.update_notebooks, args.runs_dir, args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
