@@ -1,0 +1,74 @@
+"""Captions, the caption tokenizer, the contrastive loss and the small CLIP."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
+
+from utils.clip import (
+    CAPTION_TEMPLATES,
+    DIGIT_WORDS,
+    FineTunedClassifier,
+    caption_tokenizer,
+    clip_batch,
+    contrastive_loss,
+    digit_caption,
+    digits_to_pixels,
+    image_features,
+    small_clip,
+    zero_shot_classifier,
+)
+
+
+def test_captions_name_the_digit_and_cover_every_template():
+    rng = random.Random(0)
+    captions = [digit_caption(7, rng) for _ in range(200)]
+    assert all("seven" in c or "7" in c for c in captions)
+    assert len(set(captions)) == len(CAPTION_TEMPLATES)
+    assert digit_caption(3, random.Random(5)) == digit_caption(3, random.Random(5))
+    with pytest.raises(ValueError, match="0-9"):
+        digit_caption(10, rng)
+
+
+def test_caption_tokenizer_knows_every_caption_word():
+    tok = caption_tokenizer()
+    for template in CAPTION_TEMPLATES:
+        for label in range(10):
+            ids = tok(template.format(word=DIGIT_WORDS[label], digit=label)).input_ids
+            assert tok.unk_token_id not in ids and ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+
+
+def test_contrastive_loss_is_symmetric_and_matches_transformers():
+    images, texts = torch.randn(8, 16), torch.randn(8, 16)
+    scale = torch.tensor(10.0)
+    loss = contrastive_loss(images, texts, scale)
+    torch.testing.assert_close(loss, contrastive_loss(texts, images, scale))
+    logits = scale * F.normalize(texts, dim=-1) @ F.normalize(images, dim=-1).T
+    torch.testing.assert_close(loss, image_text_contrastive_loss(logits))
+
+
+def test_perfectly_aligned_pairs_reduce_to_cross_entropy_on_identity_targets():
+    aligned = torch.eye(6)
+    scale = torch.tensor(5.0)
+    expected = F.cross_entropy(scale * torch.eye(6), torch.arange(6))
+    torch.testing.assert_close(contrastive_loss(aligned, aligned, scale), expected)
+
+
+def test_small_clip_trains_on_digit_batches():
+    torch.manual_seed(0)
+    tok = caption_tokenizer()
+    clip = small_clip(tok, width=32, layers=1, heads=2, projection=16)
+    pixels = digits_to_pixels(np.random.default_rng(0).integers(0, 17, (20, 8, 8)))
+    assert pixels.shape == (20, 1, 8, 8) and pixels.min() >= -1 and pixels.max() <= 1
+    labels = np.arange(20) % 10
+    batch = clip_batch(tok, pixels, labels, list(range(10)), random.Random(0))
+    out = clip(**batch)
+    torch.testing.assert_close(out.loss, contrastive_loss(out.image_embeds, out.text_embeds, clip.logit_scale.exp()))
+    feats, weights = image_features(clip, pixels), zero_shot_classifier(clip, tok)
+    assert feats.shape == (20, 16) and weights.shape == (10, 16)
+    torch.testing.assert_close(weights.norm(dim=-1), torch.ones(10))
+    logits = FineTunedClassifier(clip)(pixels, torch.tensor(labels))
+    assert logits.logits.shape == (20, 10) and logits.loss.item() > 0

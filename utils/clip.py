@@ -1,0 +1,153 @@
+"""Contrastive language-image pretraining (CLIP, Radford et al., 2021) at laptop scale: captions for the digits
+images, a two-tower transformers `CLIPModel` with a small config, the symmetric InfoNCE loss, and zero-shot
+classification from text prompts.
+
+Defined for notebook 01 (book chapter 1 and the lecture's "four ways to adapt CLIP"). Needs torch, tokenizers
+and transformers.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+from transformers.modeling_outputs import ImageClassifierOutput
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+#: Caption templates; `{word}` becomes "seven", `{digit}` becomes "7". Several phrasings per class make the
+#: text tower learn what the captions share (the class) rather than one fixed string.
+CAPTION_TEMPLATES = (
+    "a handwritten {word}",
+    "the digit {digit}",
+    "a picture of the number {word}",
+    "an image of a handwritten {digit}",
+    "the number {word} written by hand",
+    "a scanned {digit}",
+    "a small blurry {word}",
+    "a {word} drawn with a pen",
+)
+
+PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+
+
+def digit_caption(label: int, rng: random.Random) -> str:
+    """A caption for an image of digit `label` (0-9), drawn from CAPTION_TEMPLATES with `rng`."""
+    if not 0 <= label <= 9:
+        raise ValueError(f"digit label must be 0-9, got {label}")
+    return rng.choice(CAPTION_TEMPLATES).format(word=DIGIT_WORDS[label], digit=label)
+
+
+def caption_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over every word the caption templates can produce, wrapping each caption as
+    [BOS] words [EOS]. (Real CLIP uses a 49,152-entry BPE vocabulary; captions here have a few dozen words.)"""
+    words = {PAD: 0, UNK: 1, BOS: 2, EOS: 3}
+    for template in CAPTION_TEMPLATES:
+        for label in range(10):
+            for word in template.format(word=DIGIT_WORDS[label], digit=label).split():
+                words.setdefault(word, len(words))
+    tokenizer = Tokenizer(models.WordLevel(vocab=words, unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, words[BOS]), (EOS, words[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS
+    )
+
+
+def small_clip(
+    tokenizer: PreTrainedTokenizerFast, width: int = 64, layers: int = 2, heads: int = 4, projection: int = 32
+) -> CLIPModel:
+    """A CLIP with a ViT image tower over 8x8 one-channel images (2x2 patches: 16 patches) and a text transformer.
+
+    CLIP ViT-B/32: 224x224 RGB images in 32x32 patches, width 768 (image) and 512 (text), 12 layers each,
+    projection 512 (Radford et al., 2021, table 20).
+    """
+    tower = {
+        "hidden_size": width,
+        "intermediate_size": 4 * width,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+    }
+    config = CLIPConfig(
+        text_config={
+            **tower, "vocab_size": len(tokenizer), "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={**tower, "image_size": 8, "patch_size": 2, "num_channels": 1},
+        projection_dim=projection,
+    )  # fmt: skip
+    return CLIPModel(config)
+
+
+def digits_to_pixels(images: np.ndarray) -> torch.Tensor:
+    """scikit-learn digits (N, 8, 8) with values 0-16 -> float tensor (N, 1, 8, 8) scaled to [-1, 1]."""
+    return torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+
+
+def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE: the i-th image must pick the i-th text among the batch's texts, and vice versa.
+
+    Both embeddings are L2-normalised; logits are cosine similarities times the learned temperature
+    `logit_scale` (already exponentiated). The loss is the mean of the image->text and text->image
+    cross-entropies with the diagonal as targets (Radford et al., 2021, figure 3).
+    """
+    image_embeds = F.normalize(image_embeds, dim=-1)
+    text_embeds = F.normalize(text_embeds, dim=-1)
+    logits = logit_scale * image_embeds @ text_embeds.T
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def clip_batch(
+    tokenizer: PreTrainedTokenizerFast, pixels: torch.Tensor, labels: np.ndarray, indices: list[int], rng: random.Random
+) -> dict[str, torch.Tensor | bool]:
+    """Model inputs for images `indices`, each paired with a freshly drawn caption of its label."""
+    captions = [digit_caption(int(labels[i]), rng) for i in indices]
+    text = tokenizer(captions, padding=True, return_tensors="pt")
+    return {"pixel_values": pixels[indices], **text, "return_loss": True}
+
+
+@torch.no_grad()
+def image_features(model: CLIPModel, pixels: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """L2-normalised image embeddings (N, projection) from the frozen image tower (after CLIP's projection)."""
+    model.eval()
+    feats = [model.get_image_features(pixel_values=chunk).pooler_output for chunk in pixels.split(batch)]
+    return F.normalize(torch.cat(feats), dim=-1)
+
+
+@torch.no_grad()
+def zero_shot_classifier(
+    model: CLIPModel, tokenizer: PreTrainedTokenizerFast, templates: tuple[str, ...] = CAPTION_TEMPLATES
+) -> torch.Tensor:
+    """One normalised text embedding per class (10, projection): each class's prompts from `templates`,
+    embedded and averaged ("prompt ensembling", Radford et al., 2021, section 3.1.4)."""
+    model.eval()
+    weights = []
+    for label in range(10):
+        prompts = [t.format(word=DIGIT_WORDS[label], digit=label) for t in templates]
+        out = model.get_text_features(**tokenizer(prompts, padding=True, return_tensors="pt")).pooler_output
+        emb = F.normalize(out, dim=-1)
+        weights.append(F.normalize(emb.mean(0), dim=-1))
+    return torch.stack(weights)
+
+
+class FineTunedClassifier(nn.Module):
+    """CLIP's image tower and projection with a linear head over the 10 classes, every weight trainable."""
+
+    def __init__(self, clip: CLIPModel, num_classes: int = 10) -> None:
+        super().__init__()
+        self.vision, self.projection = clip.vision_model, clip.visual_projection
+        self.head = nn.Linear(clip.config.projection_dim, num_classes)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> ImageClassifierOutput:
+        logits = self.head(self.projection(self.vision(pixel_values=pixel_values).pooler_output))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)

@@ -1,0 +1,76 @@
+"""Small, randomly initialised transformers of the three families: decoder (GPT-2), encoder (BERT) and
+encoder-decoder (T5), built from transformers config classes so the same code scales to the real sizes.
+
+Defined for notebook 01 (book chapter 1's table of encoders, decoders and encoder-decoders); chapters 2, 5 and 9
+train the GPT. Defaults are laptop-sized; each docstring gives the real model's values. Needs transformers.
+"""
+
+from __future__ import annotations
+
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedModel,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+
+def count_parameters(model: PreTrainedModel, trainable_only: bool = False) -> int:
+    """Number of parameters, each shared (tied) tensor counted once."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def small_gpt(
+    vocab_size: int,
+    context: int = 128,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    eos_token_id: int = 0,
+    dropout: float = 0.0,
+) -> GPT2LMHeadModel:
+    """A GPT-2-style decoder for causal language modelling (predict token t+1 from tokens <= t).
+
+    GPT-2 small: vocab 50,257, context 1,024, 12 layers, width 768, 12 heads (Radford et al., 2019).
+    """
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=context, n_layer=layers, n_embd=width, n_head=heads,
+        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos_token_id,
+        eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # the class name predates transformers' loss registry; same loss, no warning
+    return model
+
+
+def small_bert(
+    vocab_size: int, context: int = 128, layers: int = 4, width: int = 128, heads: int = 4, pad_token_id: int = 0
+) -> BertForMaskedLM:
+    """A BERT-style encoder for masked language modelling (predict hidden tokens from both sides).
+
+    BERT base: vocab 30,522, context 512, 12 layers, width 768, 12 heads, FFN 3,072 (Devlin et al., 2019).
+    """
+    config = BertConfig(
+        vocab_size=vocab_size, max_position_embeddings=context, num_hidden_layers=layers, hidden_size=width,
+        num_attention_heads=heads, intermediate_size=4 * width, pad_token_id=pad_token_id,
+    )  # fmt: skip
+    return BertForMaskedLM(config)
+
+
+def small_t5(
+    vocab_size: int, layers: int = 4, width: int = 128, heads: int = 4, pad_token_id: int = 0, eos_token_id: int = 1
+) -> T5ForConditionalGeneration:
+    """A T5-style encoder-decoder (read the input with an encoder, write the output with a decoder).
+
+    T5 base: vocab 32,128, 12 + 12 layers, width 768, 12 heads, FFN 3,072 (Raffel et al., 2020). T5 uses relative
+    position buckets, so it has no fixed context length.
+    """
+    config = T5Config(
+        vocab_size=vocab_size, d_model=width, d_kv=width // heads, d_ff=4 * width, num_layers=layers,
+        num_decoder_layers=layers, num_heads=heads, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+        decoder_start_token_id=pad_token_id,
+    )  # fmt: skip
+    return T5ForConditionalGeneration(config)

@@ -1,0 +1,114 @@
+"""Pretraining from scratch on a token stream: batches, a training loop, and the losses that tell whether a
+language model learned anything (against a unigram baseline, in nats per token and bits per byte).
+
+Defined for notebook 01 (book chapter 1: causal and masked language modelling); chapter 2's scaling sweep reuses
+the loop. Works with any transformers model whose forward returns `.loss`. Needs torch, transformers and tqdm.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str], eos_id: int) -> torch.Tensor:
+    """All texts tokenized and concatenated into one 1-D int64 stream, each text followed by `eos_id`."""
+    ids: list[int] = []
+    for encoding in tokenizer.encode_batch(texts):
+        ids.extend(encoding.ids)
+        ids.append(eos_id)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def random_windows(ids: torch.Tensor, batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """`batch` windows of `length` consecutive tokens at random offsets of the stream: shape (batch, length)."""
+    if len(ids) <= length:
+        raise ValueError(f"the token stream ({len(ids)} tokens) is shorter than one window of {length}")
+    starts = torch.randint(0, len(ids) - length, (batch,), generator=generator)
+    return torch.stack([ids[s : s + length] for s in starts.tolist()])
+
+
+def unigram_cross_entropy(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) on `eval_ids` of a model that ignores context and predicts each token with its
+    training-set frequency (add-one smoothed). A language model that does not beat this has learned nothing
+    beyond word counts."""
+    counts = torch.bincount(train_ids, minlength=vocab_size).double() + 1.0
+    log_probs = (counts / counts.sum()).log()
+    return -log_probs[eval_ids].mean().item()
+
+
+@torch.no_grad()
+def causal_lm_loss(model: torch.nn.Module, ids: torch.Tensor, context: int, batch: int = 8) -> float:
+    """Mean next-token cross-entropy (nats/token) of a causal LM over `ids`, cut into non-overlapping blocks of
+    `context` tokens (each block predicts its last context - 1 tokens; a final partial block is dropped)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    blocks = ids[: len(ids) // context * context].view(-1, context)
+    if len(blocks) == 0:
+        raise ValueError(f"need at least {context} tokens to evaluate, got {len(ids)}")
+    total, count = 0.0, 0
+    for chunk in blocks.split(batch):
+        chunk = chunk.to(device)
+        total += model(input_ids=chunk, labels=chunk).loss.item() * chunk.shape[0] * (context - 1)
+        count += chunk.shape[0] * (context - 1)
+    model.train(was_training)
+    return total / count
+
+
+def bits_per_byte(nats_per_token: float, n_tokens: int, n_bytes: int) -> float:
+    """Convert a loss in nats per token to bits per UTF-8 byte of text, the unit that compares models with
+    different tokenizers (a model with bigger tokens has a higher per-token loss for the same skill)."""
+    return nats_per_token * n_tokens / n_bytes / math.log(2)
+
+
+def train(
+    model: torch.nn.Module,
+    make_batch: Callable[[int], dict[str, torch.Tensor]],
+    steps: int,
+    lr: float,
+    evaluate: Callable[[], float],
+    eval_every: int,
+    on_eval: Callable[[int, float], None] | None = None,
+    warmup: int | None = None,
+) -> list[dict[str, float]]:
+    """A plain pretraining loop: AdamW, linear warmup then cosine decay, gradient clipping at 1.0.
+
+    `make_batch(step)` returns the model's keyword inputs (with labels); `evaluate()` returns a validation loss,
+    computed at step 0, every `eval_every` steps and at the end, when `on_eval(step, loss)` is also called.
+    Returns one row per step: step, train_loss, lr, and val_loss where evaluated. AdamW's betas (0.9, 0.95) and
+    weight decay 0.1 follow GPT-3's recipe (Brown et al., 2020, appendix B).
+    """
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    schedule = get_cosine_schedule_with_warmup(optimizer, warmup if warmup is not None else steps // 20, steps)
+    history: list[dict[str, float]] = []
+
+    def run_eval(step: int) -> float:
+        loss = evaluate()
+        if on_eval is not None:
+            on_eval(step, loss)
+        model.train()
+        return loss
+
+    history.append({"step": 0, "val_loss": run_eval(0)})
+    model.train()
+    for step in tqdm(range(1, steps + 1), desc="training", leave=False):
+        loss = model(**make_batch(step)).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        row = {"step": step, "train_loss": loss.item(), "lr": schedule.get_last_lr()[0]}
+        if step % eval_every == 0 or step == steps:
+            row["val_loss"] = run_eval(step)
+        history.append(row)
+    model.eval()
+    return history
