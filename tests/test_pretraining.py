@@ -12,6 +12,7 @@ from utils.pretraining import (
     bits_per_byte,
     causal_lm_loss,
     encode_texts,
+    masked_token_rank,
     random_windows,
     train,
     unigram_cross_entropy,
@@ -86,3 +87,21 @@ def test_training_stops_with_a_clear_error_on_a_non_finite_loss():
 
     with pytest.raises(FloatingPointError, match="lower the learning rate"):
         train(Broken(), lambda step: {"x": None}, 5, 1e-3, lambda: 0.0, 5)
+
+
+def test_masked_token_rank_counts_better_scored_tokens():
+    from utils.bpe import as_transformers_tokenizer
+    from utils.models import small_bert
+
+    tokenizer = as_transformers_tokenizer(train_bpe(["the question is the answer"] * 30, 280))
+    model = small_bert(tokenizer.vocab_size, 16, 1, 16, 2, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        model.cls.predictions.decoder.bias.zero_()
+        model.cls.predictions.bias.zero_()
+        answer = tokenizer(" question", add_special_tokens=False).input_ids[0]
+        model.cls.predictions.bias[answer] = 100.0  # make the answer the top guess everywhere
+    assert masked_token_rank(model, tokenizer, "the<mask> is", " question") == 1
+    with pytest.raises(ValueError, match="one-token answer"):
+        masked_token_rank(model, tokenizer, "the<mask> is", " question answer")
+    with pytest.raises(ValueError, match="exactly one"):
+        masked_token_rank(model, tokenizer, "the question", " question")

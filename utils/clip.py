@@ -107,12 +107,17 @@ def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logi
 
 
 def clip_batch(
-    tokenizer: PreTrainedTokenizerFast, pixels: torch.Tensor, labels: np.ndarray, indices: list[int], rng: random.Random
+    tokenizer: PreTrainedTokenizerFast,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    indices: list[int],
+    rng: random.Random,
+    device: torch.device | str = "cpu",
 ) -> dict[str, torch.Tensor | bool]:
-    """Model inputs for images `indices`, each paired with a freshly drawn caption of its label."""
+    """Model inputs on `device` for images `indices`, each paired with a freshly drawn caption of its label."""
     captions = [digit_caption(int(labels[i]), rng) for i in indices]
-    text = tokenizer(captions, padding=True, return_tensors="pt")
-    return {"pixel_values": pixels[indices], **text, "return_loss": True}
+    text = tokenizer(captions, padding=True, return_tensors="pt").to(device)
+    return {"pixel_values": pixels[indices].to(device), **text, "return_loss": True}
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def small_gpt(
     config = GPT2Config(
         vocab_size=vocab_size, n_positions=context, n_layer=layers, n_embd=width, n_head=heads,
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos_token_id,
-        eos_token_id=eos_token_id, pad_token_id=eos_token_id,
+        eos_token_id=eos_token_id,  # no pad token, as in GPT-2: packed windows are never padded
     )  # fmt: skip
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"  # the class name predates transformers' loss registry; same loss, no warning

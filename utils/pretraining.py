@@ -8,7 +8,9 @@ the loop. Works with any transformers model whose forward returns `.loss`. Needs
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
@@ -82,7 +84,8 @@ def train(
     `make_batch(step)` returns the model's keyword inputs (with labels); `evaluate()` returns a validation loss,
     computed at step 0, every `eval_every` steps and at the end, when `on_eval(step, loss)` is also called.
     Returns one row per step: step, train_loss, lr, and val_loss where evaluated. AdamW's betas (0.9, 0.95) and
-    weight decay 0.1 follow GPT-3's recipe (Brown et al., 2020, appendix B).
+    weight decay 0.1 follow GPT-3's recipe (Brown et al., 2020, appendix B). A progress bar shows unless
+    TQDM_DISABLE=1 (the headless runner sets it).
     """
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup if warmup is not None else steps // 20, steps)
@@ -97,7 +100,8 @@ def train(
 
     history.append({"step": 0, "val_loss": run_eval(0)})
     model.train()
-    for step in tqdm(range(1, steps + 1), desc="training", leave=False):
+    quiet = os.environ.get("TQDM_DISABLE") == "1"  # tqdm's notebook bar ignores the variable, so pass it on
+    for step in tqdm(range(1, steps + 1), desc="training", leave=False, disable=quiet):
         loss = model(**make_batch(step)).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate")
@@ -112,3 +116,22 @@ def train(
         history.append(row)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def masked_token_rank(model: torch.nn.Module, tokenizer: Any, text: str, answer: str) -> int:
+    """Rank (1 = top guess) of `answer` among a masked LM's predictions for the single mask token in `text`.
+
+    `answer` must be exactly one token of `tokenizer` (with byte-level BPE, include its leading space). Raises
+    ValueError otherwise, or when `text` does not hold exactly one mask token.
+    """
+    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+    if len(answer_ids) != 1:
+        raise ValueError(f"answer {answer!r} is {len(answer_ids)} tokens in this vocabulary; pick a one-token answer")
+    encoded = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
+    positions = (encoded.input_ids[0] == tokenizer.mask_token_id).nonzero().flatten()
+    if len(positions) != 1:
+        raise ValueError(f"text must hold exactly one {tokenizer.mask_token}, found {len(positions)}")
+    model.eval()
+    logits = model(**encoded).logits[0, positions[0]]
+    return int((logits > logits[answer_ids[0]]).sum().item()) + 1
