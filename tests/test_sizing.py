@@ -1,0 +1,109 @@
+"""Sizing calculators against transformers models built on the meta device (no memory), and the FLOP and
+memory arithmetic by hand."""
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+from utils.sizing import (
+    TransformerShape,
+    decoder_parameters,
+    encoder_decoder_parameters,
+    encoder_parameters,
+    model_flops_utilisation,
+    model_state_bytes_per_device,
+    non_embedding_parameters,
+    training_flops,
+    training_flops_per_token,
+)
+
+
+def _count(model_class, config):
+    with torch.device("meta"):
+        model = model_class(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+GPT2_SIZES = {"small": (768, 12, 12), "medium": (1024, 24, 16), "large": (1280, 36, 20), "xl": (1600, 48, 25)}
+
+
+@pytest.mark.parametrize("name", GPT2_SIZES)
+def test_gpt2_counts_are_exact(name):
+    width, layers, heads = GPT2_SIZES[name]
+    shape = TransformerShape(50257, width, layers, heads, 4 * width, context=1024)
+    config = GPT2Config(n_embd=width, n_layer=layers, n_head=heads)
+    assert decoder_parameters(shape) == _count(GPT2LMHeadModel, config)
+
+
+def test_gpt2_small_is_the_published_124m():
+    assert decoder_parameters(TransformerShape(50257, 768, 12, 12, 3072, context=1024)) == 124_439_808
+
+
+@pytest.mark.parametrize("width,layers,heads", [(768, 12, 12), (1024, 24, 16)])
+def test_bert_base_and_large_counts_are_exact(width, layers, heads):
+    shape = TransformerShape(30522, width, layers, heads, 4 * width, context=512)
+    config = BertConfig(
+        hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=4 * width
+    )
+    assert encoder_parameters(shape) == _count(BertModel, config)
+
+
+@pytest.mark.parametrize("width,layers,heads,ffn", [(512, 6, 8, 2048), (768, 12, 12, 3072)])
+def test_t5_small_and_base_counts_are_exact(width, layers, heads, ffn):
+    shape = TransformerShape(32128, width, layers, heads, ffn, head_dim=64, bias=False, norm="rmsnorm")
+    config = T5Config(d_model=width, num_layers=layers, num_heads=heads, d_ff=ffn, d_kv=64)
+    assert encoder_decoder_parameters(shape) == _count(T5ForConditionalGeneration, config)
+
+
+def test_llama_2_7b_count_is_exact():
+    shape = TransformerShape(
+        32000, 4096, 32, 32, 11008, bias=False, norm="rmsnorm", gated_ffn=True, tied_embeddings=False
+    )
+    config = LlamaConfig(
+        vocab_size=32000, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008
+    )
+    assert decoder_parameters(shape) == _count(LlamaForCausalLM, config) == 6_738_415_616
+
+
+def test_grouped_query_attention_is_counted():
+    shape = TransformerShape(49152, 576, 30, 9, 1536, kv_heads=3, bias=False, norm="rmsnorm", gated_ffn=True)
+    config = LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True)  # fmt: skip
+    assert decoder_parameters(shape) == _count(LlamaForCausalLM, config) == 134_515_008  # SmolLM2-135M
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        TransformerShape(100, 64, 2, 8, 256, kv_heads=3)
+    with pytest.raises(ValueError, match="width must be positive"):
+        TransformerShape(100, 0, 2, 8, 256)
+
+
+def test_flops_rules():
+    assert training_flops(1e9, 20e9) == 1.2e20
+    shape = TransformerShape(50257, 768, 12, 12, 3072, context=1024)
+    assert non_embedding_parameters(shape) == 124_439_808 - 50257 * 768 - 1024 * 768
+    per_token = training_flops_per_token(shape, 1024)
+    assert per_token == 6 * non_embedding_parameters(shape) + 12 * 12 * 12 * 64 * 1024
+    assert model_flops_utilisation(1000, per_token, per_token * 2000) == 0.5
+
+
+def test_zero_stages_divide_model_states():
+    n = 1e9
+    assert sum(model_state_bytes_per_device(n).values()) == 16e9  # 16 bytes per parameter, mixed precision
+    assert sum(model_state_bytes_per_device(n, mixed_precision=False).values()) == 16e9  # 4 + 4 + 8
+    stage1 = model_state_bytes_per_device(n, devices=8, zero_stage=1)
+    assert stage1 == {"parameters": 2e9, "gradients": 2e9, "optimizer": 1.5e9}
+    stage3 = model_state_bytes_per_device(n, devices=8, zero_stage=3)
+    assert sum(stage3.values()) == 2e9
+    with pytest.raises(ValueError, match="zero_stage"):
+        model_state_bytes_per_device(n, zero_stage=4)

@@ -1,0 +1,155 @@
+"""Sizing calculators for transformers: exact parameter counts from hyperparameters, training FLOPs, and the
+memory that model states take per device under data parallelism and ZeRO / FSDP sharding.
+
+Written for book chapters 3 and 9 (notebook 02 uses them; chapters 5 and 9 compare them with measurements).
+Parameter counts equal `sum(p.numel() for p in model.parameters())` of the matching transformers model exactly
+(tests build GPT-2, BERT, T5 and Llama on the meta device). Standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """The hyperparameters that fix a transformer's parameter count.
+
+    `context` > 0 means learned absolute position embeddings of that length (GPT-2, BERT); 0 means none (rotary
+    or relative positions: Llama, T5). `kv_heads` < `heads` is grouped-query attention. `head_dim` defaults to
+    width // heads. `bias`: linear layers carry biases. `gated_ffn`: SwiGLU/GEGLU feed-forward with three
+    matrices instead of two. `tied_embeddings`: the output projection reuses the input embedding matrix.
+    """
+
+    vocab_size: int
+    width: int
+    layers: int
+    heads: int
+    ffn: int
+    context: int = 0
+    kv_heads: int | None = None
+    head_dim: int | None = None
+    bias: bool = True
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    gated_ffn: bool = False
+    tied_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "width", "layers", "heads", "ffn"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.kv_heads is not None and self.heads % self.kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
+
+    @property
+    def inner(self) -> int:
+        """Width of the concatenated attention heads (query and output projections)."""
+        return self.heads * (self.head_dim or self.width // self.heads)
+
+    @property
+    def kv_inner(self) -> int:
+        """Width of the key and value projections (smaller under grouped-query attention)."""
+        return (self.kv_heads or self.heads) * (self.head_dim or self.width // self.heads)
+
+
+def _norm(shape: TransformerShape) -> int:
+    """LayerNorm has a scale and a shift per channel; RMSNorm only a scale."""
+    return 2 * shape.width if shape.norm == "layernorm" else shape.width
+
+
+def _attention(shape: TransformerShape) -> int:
+    d, inner, kv = shape.width, shape.inner, shape.kv_inner
+    weights = d * inner + 2 * d * kv + inner * d  # query, key, value, output
+    return weights + (inner + 2 * kv + d if shape.bias else 0)
+
+
+def _ffn(shape: TransformerShape) -> int:
+    d, f = shape.width, shape.ffn
+    matrices = 3 if shape.gated_ffn else 2
+    return matrices * d * f + ((matrices - 1) * f + d if shape.bias else 0)
+
+
+def _embeddings(shape: TransformerShape) -> int:
+    return shape.vocab_size * shape.width + shape.context * shape.width
+
+
+def decoder_parameters(shape: TransformerShape) -> int:
+    """Parameters of a decoder-only LM (GPT-2 `GPT2LMHeadModel`, Llama `LlamaForCausalLM`): embeddings, per layer
+    two norms + attention + FFN, a final norm, and an untied output projection if any."""
+    per_layer = 2 * _norm(shape) + _attention(shape) + _ffn(shape)
+    head = 0 if shape.tied_embeddings else shape.vocab_size * shape.width
+    return _embeddings(shape) + shape.layers * per_layer + _norm(shape) + head
+
+
+def encoder_parameters(shape: TransformerShape, token_types: int = 2, pooler: bool = True) -> int:
+    """Parameters of a BERT-style encoder (`BertModel`): word, position and token-type embeddings with a norm,
+    per layer attention + norm + FFN + norm, and the optional pooler (a width x width dense layer on [CLS])."""
+    embeddings = _embeddings(shape) + token_types * shape.width + _norm(shape)
+    per_layer = _attention(shape) + _ffn(shape) + 2 * _norm(shape)
+    return embeddings + shape.layers * per_layer + (shape.width**2 + shape.width if pooler else 0)
+
+
+def encoder_decoder_parameters(shape: TransformerShape, decoder_layers: int | None = None, buckets: int = 32) -> int:
+    """Parameters of a T5-style encoder-decoder (`T5ForConditionalGeneration`): shared embeddings, encoder layers
+    (self-attention + FFN), decoder layers (self-attention + cross-attention + FFN), a final norm per stack, and a
+    relative-position bias table of `buckets` x heads in the first layer of each stack (Raffel et al., 2020)."""
+    decoder_layers = shape.layers if decoder_layers is None else decoder_layers
+    encoder_layer = _attention(shape) + _ffn(shape) + 2 * _norm(shape)
+    decoder_layer = 2 * _attention(shape) + _ffn(shape) + 3 * _norm(shape)
+    relative = 2 * buckets * shape.heads
+    head = 0 if shape.tied_embeddings else shape.vocab_size * shape.width
+    stacks = shape.layers * encoder_layer + decoder_layers * decoder_layer + 2 * _norm(shape)
+    return _embeddings(shape) + stacks + relative + head
+
+
+def non_embedding_parameters(shape: TransformerShape) -> int:
+    """Decoder parameters without the embedding matrices: the N of Kaplan et al. (2020), whose scaling laws
+    exclude embeddings."""
+    return (
+        decoder_parameters(shape)
+        - _embeddings(shape)
+        - (0 if shape.tied_embeddings else shape.vocab_size * shape.width)
+    )
+
+
+def training_flops(parameters: float, tokens: float) -> float:
+    """The 6ND rule: training FLOPs ~ 6 x parameters x tokens (2 for the forward multiply-adds, 4 for the
+    backward), ignoring attention over the context (Kaplan et al., 2020, section 2.1)."""
+    return 6.0 * parameters * tokens
+
+
+def training_flops_per_token(shape: TransformerShape, context: int) -> float:
+    """Training FLOPs per token including attention, as in the PaLM paper (Chowdhery et al., 2022, appendix B):
+    6N + 12 L H Q T, with N non-embedding parameters, L layers, H heads, Q head width and T the sequence length."""
+    head_dim = shape.head_dim or shape.width // shape.heads
+    return 6.0 * non_embedding_parameters(shape) + 12.0 * shape.layers * shape.heads * head_dim * context
+
+
+def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
+    """MFU: achieved model FLOP/s (throughput x FLOPs per token) over the hardware's peak FLOP/s."""
+    if peak_flops <= 0:
+        raise ValueError("peak_flops must be positive")
+    return tokens_per_second * flops_per_token / peak_flops
+
+
+def model_state_bytes_per_device(
+    parameters: float, devices: int = 1, zero_stage: int = 0, mixed_precision: bool = True
+) -> dict[str, float]:
+    """Bytes per device for parameters, gradients and Adam optimizer states (activations excluded).
+
+    Mixed precision (Rajbhandari et al., 2020, ZeRO, section 3.1): 2 bytes of bf16/fp16 weights, 2 of gradients,
+    and 12 of optimizer state (fp32 master weights, momentum, variance) per parameter, 16 in all. Pure fp32:
+    4 + 4 + 8. ZeRO stage 1 shards the optimizer states over `devices`, stage 2 also the gradients, stage 3 (and
+    FSDP's full sharding) also the parameters.
+    """
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+    if devices < 1:
+        raise ValueError(f"devices must be at least 1, got {devices}")
+    weights, grads, optimizer = (2.0, 2.0, 12.0) if mixed_precision else (4.0, 4.0, 8.0)
+    return {
+        "parameters": parameters * weights / (devices if zero_stage >= 3 else 1),
+        "gradients": parameters * grads / (devices if zero_stage >= 2 else 1),
+        "optimizer": parameters * optimizer / (devices if zero_stage >= 1 else 1),
+    }
