@@ -72,3 +72,13 @@ def test_chinchilla_fit_recovers_synthetic_parameters():
     assert fitted.alpha == pytest.approx(0.3, abs=0.02) and fitted.beta == pytest.approx(0.35, abs=0.02)
     floor = fitted.E
     assert floor == pytest.approx(2.0, abs=0.05)
+
+
+def test_dataset_sufficiency():
+    from utils.scaling import dataset_sufficiency
+
+    verdict = dataset_sufficiency(1e9, documents=1_000_000, tokens_per_document=2_000)
+    assert verdict == {"available_tokens": 2e9, "required_tokens": 2e10, "ratio": 0.1, "enough": False}
+    assert dataset_sufficiency(1e6, 100, 1e6)["enough"]
+    with pytest.raises(ValueError):
+        dataset_sufficiency(0, 1, 1)

@@ -16,6 +16,7 @@ from transformers import (
 
 from utils.sizing import (
     TransformerShape,
+    activation_bytes_per_layer,
     decoder_parameters,
     encoder_decoder_parameters,
     encoder_parameters,
@@ -24,6 +25,7 @@ from utils.sizing import (
     non_embedding_parameters,
     training_flops,
     training_flops_per_token,
+    training_time_seconds,
 )
 
 
@@ -107,3 +109,35 @@ def test_zero_stages_divide_model_states():
     assert sum(stage3.values()) == 2e9
     with pytest.raises(ValueError, match="zero_stage"):
         model_state_bytes_per_device(n, zero_stage=4)
+
+
+def test_model_state_bytes_match_a_measured_fp32_adam_step():
+    from utils.models import small_gpt
+
+    model = small_gpt(512, 64, 2, 64, 4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, 512, (2, 64))
+    model(input_ids=x, labels=x).loss.backward()
+    optimizer.step()
+    n = sum(p.numel() for p in model.parameters())
+    measured = {
+        "parameters": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "gradients": sum(p.grad.numel() * p.grad.element_size() for p in model.parameters()),
+        "optimizer": sum(
+            t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step"
+        ),
+    }
+    assert measured == model_state_bytes_per_device(n, mixed_precision=False)
+
+
+def test_activation_memory_formula_and_checkpointing():
+    full = activation_bytes_per_layer(batch=1, context=2048, width=4096, heads=32)
+    assert full == 2048 * 4096 * (34 + 5 * 32 * 2048 / 4096)
+    assert activation_bytes_per_layer(1, 2048, 4096, 32, checkpointing=True) == 2048 * 4096 * 2
+    assert activation_bytes_per_layer(1, 2048, 4096, 32, bytes_per_value=4) == 2 * full
+
+
+def test_training_time():
+    assert training_time_seconds(1e18, devices=2, peak_flops_per_device=1e15, mfu=0.5) == 1000
+    with pytest.raises(ValueError, match="fraction"):
+        training_time_seconds(1e18, 1, 1e15, 1.5)

@@ -122,3 +122,15 @@ def fit_chinchilla(parameters: np.ndarray, tokens: np.ndarray, losses: np.ndarra
     fit = least_squares(residuals, start, loss="huber", f_scale=1e-3, bounds=([-20, -20, -20, 0, 0], [30, 30, 5, 2, 2]))
     log_a, log_b, log_e, alpha, beta = fit.x
     return ChinchillaLaw(E=float(np.exp(log_e)), A=float(np.exp(log_a)), B=float(np.exp(log_b)), alpha=alpha, beta=beta)
+
+
+def dataset_sufficiency(parameters: float, documents: int, tokens_per_document: float) -> dict[str, float | bool]:
+    """Is a corpus large enough to train a model of `parameters` compute-optimally? Compares the tokens the
+    corpus holds (documents x average tokens) with the ~20 tokens per parameter of Hoffmann et al. (2022).
+    Returns available and required tokens, their ratio, and `enough` (ratio >= 1)."""
+    if parameters <= 0 or documents < 0 or tokens_per_document < 0:
+        raise ValueError("parameters must be positive; documents and tokens per document non-negative")
+    available = documents * tokens_per_document
+    required = CHINCHILLA_TOKENS_PER_PARAMETER * parameters
+    return {"available_tokens": available, "required_tokens": required, "ratio": available / required,
+            "enough": available >= required}  # fmt: skip

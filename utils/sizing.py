@@ -153,3 +153,28 @@ def model_state_bytes_per_device(
         "gradients": parameters * grads / (devices if zero_stage >= 2 else 1),
         "optimizer": parameters * optimizer / (devices if zero_stage >= 1 else 1),
     }
+
+
+def activation_bytes_per_layer(
+    batch: int, context: int, width: int, heads: int, bytes_per_value: int = 2, checkpointing: bool = False
+) -> float:
+    """Activation memory one transformer layer keeps for the backward pass, in bytes.
+
+    Without recomputation: s b h (34 + 5 a s / h) for 16-bit activations (Korthikanti et al., 2022, "Reducing
+    Activation Recomputation in Large Transformer Models", equation 1; s context, b batch, h width, a heads),
+    scaled by bytes_per_value / 2. With full activation checkpointing only the layer's input is kept, s b h
+    values, and everything else is recomputed during the backward pass.
+    """
+    values = context * batch * width
+    if checkpointing:
+        return values * bytes_per_value
+    return values * (34 + 5 * heads * context / width) * bytes_per_value / 2
+
+
+def training_time_seconds(flops: float, devices: int, peak_flops_per_device: float, mfu: float) -> float:
+    """Wall time to spend `flops` on `devices` accelerators, each at `mfu` (0-1] of its peak FLOP/s."""
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu is a fraction in (0, 1], got {mfu}")
+    if devices < 1 or peak_flops_per_device <= 0:
+        raise ValueError("need at least one device with a positive peak")
+    return flops / (devices * peak_flops_per_device * mfu)
