@@ -9,7 +9,13 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-LINES = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+TEXT = (ROOT / "requirements.txt").read_text()
+LINES = [line for line in TEXT.splitlines() if line and not line.startswith("#")]
+DIRECT = {
+    Requirement(line.split("#")[0]).name.lower()
+    for line in TEXT.split("# ---- locked transitive")[0].splitlines()
+    if line and not line.startswith("#")
+}
 
 
 def _pins(lines):
@@ -43,7 +49,8 @@ def test_installed_environment_matches_the_lock():
         try:
             installed = Version(md.version(name)).public
         except md.PackageNotFoundError:
-            continue  # platform-specific transitive dependency
+            assert name not in DIRECT, f"{name} is a direct requirement but is not installed: run `make setup`"
+            continue  # a transitive dependency of another platform
         if installed != pinned:
             mismatched[name] = (pinned, installed)
     assert not mismatched, f"run `make setup` (pinned, installed): {mismatched}"
