@@ -53,7 +53,7 @@ notebooks: $(INSTALLED)
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name pretrain-course --display-name "Python (pretrain course)"
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers, cloud boxes
 
 clean:
 	rm -rf $(VENV) runs data/cache
