@@ -104,3 +104,8 @@ def test_a_run_reports_passes_failures_metrics_and_figures(tmp_path):
 def test_update_notebooks_refuses_smoke_size():
     with pytest.raises(SystemExit, match="default-size"):
         course.run_course(smoke=True, update_notebooks=True)
+
+
+def test_output_dir_is_the_run_folder_under_the_runner(tmp_path, monkeypatch):
+    monkeypatch.setenv(course.RECORD_FILE_ENV, str(tmp_path / "run" / "records" / "02_x.json"))
+    assert course.output_dir() == (tmp_path / "run").resolve()

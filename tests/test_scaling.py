@@ -82,3 +82,14 @@ def test_dataset_sufficiency():
     assert dataset_sufficiency(1e6, 100, 1e6)["enough"]
     with pytest.raises(ValueError):
         dataset_sufficiency(0, 1, 1)
+
+
+def test_frontier_and_best_size_per_budget():
+    from utils.scaling import best_size_per_budget, compute_frontier
+
+    flops = np.array([1.0, 2.0, 3.0, 4.0, 10.0, 11.0])
+    losses = np.array([5.0, 4.0, 4.5, 3.0, 3.5, 2.0])
+    assert compute_frontier(flops, losses).tolist() == [0, 1, 3, 5]
+    params = np.array([10, 20, 30, 40, 50, 60])
+    best = best_size_per_budget(flops, params, losses, budgets=2)
+    assert best["parameters"].tolist() == [20, 60]  # bins [1, 3.3) and [3.3, 11] on a log scale

@@ -107,6 +107,15 @@ def record(key: str, value: float | int | str | bool, unit: str = "") -> float |
     return value
 
 
+def output_dir() -> Path:
+    """Where a notebook writes files a reader should find with the run's report: the runner's `runs/<timestamp>/`
+    under `make course`, else `runs/interactive/`. Created if missing."""
+    path = os.environ.get(RECORD_FILE_ENV)
+    folder = Path(path).resolve().parents[1] if path else RUNS_DIR / "interactive"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def recorded() -> dict[str, Any]:
     """Everything `record` saw in this process, as {key: {"value", "unit"}}."""
     return dict(_RECORDED)

@@ -2,7 +2,8 @@
 language model learned anything (against a unigram baseline, in nats per token and bits per byte).
 
 Defined for notebook 01 (book chapter 1: causal and masked language modelling); chapter 2's scaling sweep reuses
-the loop. Works with any transformers model whose forward returns `.loss`. Needs torch, transformers and tqdm.
+the loop and `gpt_sweep`. Works with any transformers model whose forward returns `.loss`. Needs torch,
+transformers and tqdm; `gpt_sweep` also needs `utils.models`.
 """
 
 from __future__ import annotations
@@ -135,3 +136,46 @@ def masked_token_rank(model: torch.nn.Module, tokenizer: Any, text: str, answer:
     model.eval()
     logits = model(**encoded).logits[0, positions[0]]
     return int((logits > logits[answer_ids[0]]).sum().item()) + 1
+
+
+def gpt_sweep(
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    vocab_size: int,
+    shapes: list[tuple[int, int]],
+    steps: list[int],
+    batch: int,
+    context: int,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Train one small GPT per (layers, width) in `shapes` and step count in `steps`, each from scratch with its
+    own full warmup + cosine schedule (as Hoffmann et al., 2022 did, rather than reading one run's intermediate
+    losses). Returns one row per run: layers, width, parameters, non_embedding (Kaplan's N), tokens, flops
+    (6 x non_embedding x tokens), val_loss and seconds."""
+    import time
+
+    from utils.models import count_parameters, small_gpt
+
+    rows = []
+    for layers, width in tqdm(shapes, desc="model sizes", disable=os.environ.get("TQDM_DISABLE") == "1"):
+        for n_steps in steps:
+            torch.manual_seed(seed)
+            model = small_gpt(vocab_size, context, layers, width, heads=max(width // 32, 1))
+            windows = torch.Generator().manual_seed(seed)
+
+            def make_batch(step: int, model_windows: torch.Generator = windows) -> dict[str, torch.Tensor]:
+                x = random_windows(train_ids, batch, context, model_windows)
+                return {"input_ids": x, "labels": x}
+
+            start = time.perf_counter()
+            history = train(
+                model, make_batch, n_steps, lr, lambda m=model: causal_lm_loss(m, val_ids, context), n_steps
+            )
+            embedding = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+            n = count_parameters(model) - embedding
+            tokens = n_steps * batch * context
+            rows.append({"layers": layers, "width": width, "parameters": count_parameters(model), "non_embedding": n,
+                         "tokens": tokens, "flops": 6.0 * n * tokens, "val_loss": history[-1]["val_loss"],
+                         "seconds": time.perf_counter() - start})  # fmt: skip
+    return rows

@@ -134,3 +134,32 @@ def dataset_sufficiency(parameters: float, documents: int, tokens_per_document: 
     required = CHINCHILLA_TOKENS_PER_PARAMETER * parameters
     return {"available_tokens": available, "required_tokens": required, "ratio": available / required,
             "enough": available >= required}  # fmt: skip
+
+
+def compute_frontier(flops: np.ndarray, losses: np.ndarray) -> np.ndarray:
+    """Indices of the runs on the compute frontier: each has a lower loss than every run that used less compute,
+    sorted by compute."""
+    order = np.argsort(flops)
+    frontier, best = [], np.inf
+    for i in order:
+        if losses[i] < best:
+            frontier.append(i)
+            best = losses[i]
+    return np.array(frontier, dtype=int)
+
+
+def best_size_per_budget(
+    flops: np.ndarray, parameters: np.ndarray, losses: np.ndarray, budgets: int
+) -> dict[str, np.ndarray]:
+    """For log-spaced compute bins, the parameter count of the lowest-loss run in each non-empty bin: the
+    points an N_opt(C) ~ C^a fit uses. Returns the bins' median compute and the winning sizes."""
+    flops, parameters, losses = (np.asarray(v, dtype=float) for v in (flops, parameters, losses))
+    edges = np.logspace(np.log10(flops.min()), np.log10(flops.max()), budgets + 1)
+    bin_of = np.clip(np.digitize(flops, edges) - 1, 0, budgets - 1)
+    compute, sizes = [], []
+    for b in range(budgets):
+        members = np.flatnonzero(bin_of == b)
+        if len(members):
+            compute.append(float(np.median(flops[members])))
+            sizes.append(parameters[members[np.argmin(losses[members])]])
+    return {"flops": np.array(compute), "parameters": np.array(sizes)}
