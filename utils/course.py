@@ -80,13 +80,11 @@ def course_map(notebooks_dir: Path = NOTEBOOKS_DIR) -> list[dict[str, str]]:
 
 # --------------------------------------------------------------------------------------------- recording results
 
-_RECORDED: dict[str, Any] = {}
-
 
 def record(key: str, value: float | int | str | bool, unit: str = "") -> float | int | str | bool:
     """Record one key result of a notebook (a loss, an accuracy, a throughput) and return the value.
 
-    The value is printed, kept in memory, and, when the course runner set `COURSE_RECORD_FILE`, saved there so
+    The value is printed and, when the course runner set `COURSE_RECORD_FILE`, saved there so
     the run report shows it. Numbers must be finite: a NaN loss is a bug to fix, not a result to report.
     """
     if not isinstance(key, str) or not key.strip():
@@ -96,7 +94,6 @@ def record(key: str, value: float | int | str | bool, unit: str = "") -> float |
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"record({key!r}) got {value}; check the computation that produced it")
     entry: dict[str, Any] = {"value": value, "unit": unit}
-    _RECORDED[key] = entry
     path = os.environ.get(RECORD_FILE_ENV)
     if path:
         saved = json.loads(Path(path).read_text()) if Path(path).exists() else {}
@@ -114,11 +111,6 @@ def output_dir() -> Path:
     folder = Path(path).resolve().parents[1] if path else RUNS_DIR / "interactive"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def recorded() -> dict[str, Any]:
-    """Everything `record` saw in this process, as {key: {"value", "unit"}}."""
-    return dict(_RECORDED)
 
 
 # ----------------------------------------------------------------------------------------------------- the runner

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -153,8 +154,6 @@ def gpt_sweep(
     own full warmup + cosine schedule (as Hoffmann et al., 2022 did, rather than reading one run's intermediate
     losses). Returns one row per run: layers, width, parameters, non_embedding (Kaplan's N), tokens, flops
     (6 x non_embedding x tokens), val_loss and seconds."""
-    import time
-
     from utils.models import count_parameters, small_gpt
 
     rows = []
