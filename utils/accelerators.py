@@ -1,0 +1,74 @@
+"""Accelerator instances, their peak throughput and list prices, and what a training run costs on them.
+
+Defined for notebook 02 (book chapter 3: how long and how expensive a run will be); notebook 04 (chapter 4,
+accelerators) reuses the table. Depends on `utils.sizing` (training_time_seconds) only.
+
+Prices move (AWS cut P4d and P5 on-demand prices by up to 33% and 45% in June 2025), so every price here is the
+launch list price with its date and source, to be replaced by today's figure from
+https://aws.amazon.com/ec2/pricing/on-demand/ before planning real money. Pass your own `Instance` for anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from utils.sizing import training_time_seconds
+
+SECONDS_PER_HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One rentable machine: its accelerators, their dense peak FLOP/s each, and an hourly price.
+
+    `peak_flops_per_device` is the dense (no sparsity) peak in the precision training uses (bf16 for accelerators).
+    `hourly_price_usd` is None when the machine is not rented (a laptop).
+    """
+
+    name: str
+    accelerator: str
+    devices: int
+    peak_flops_per_device: float
+    hourly_price_usd: float | None
+    price_note: str
+
+
+P4D = Instance(
+    "p4d.24xlarge", "NVIDIA A100 40GB SXM", 8, 312e12, 32.77,
+    "launch list price, us-east-1 Linux on-demand, AWS News Blog 2020-11-02; peak: NVIDIA A100 datasheet (bf16 dense)",
+)  # fmt: skip
+P5 = Instance(
+    "p5.48xlarge", "NVIDIA H100 80GB SXM", 8, 989e12, 98.32,
+    "launch list price, us-east-1 Linux on-demand, July 2023 (AWS pricing page as reported by The Next Platform "
+    "2023-07-27); peak: NVIDIA H100 datasheet (bf16 dense, 1,979 with sparsity)",
+)  # fmt: skip
+TRN1 = Instance(
+    "trn1.32xlarge", "AWS Trainium", 16, 190e12, 21.50,
+    "launch list price, us-east-1 Linux on-demand, AWS News Blog 2022-10-10; peak: AWS Neuron docs, Trainium "
+    "architecture (190 TFLOP/s bf16 per chip)",
+)  # fmt: skip
+CLOUD_INSTANCES = (P4D, P5, TRN1)
+
+
+def local_instance(measured_peak_flops: float, name: str = "this machine") -> Instance:
+    """The machine the notebook runs on, with a peak measured by `utils.machine.measure_matmul_throughput`."""
+    if measured_peak_flops <= 0:
+        raise ValueError(f"measured peak must be positive FLOP/s, got {measured_peak_flops}")
+    return Instance(name, "CPU (measured fp32 matmul)", 1, measured_peak_flops, None, "peak measured in this run")
+
+
+def training_run_cost(flops: float, instance: Instance, instances: int = 1, mfu: float = 0.4) -> dict[str, float]:
+    """Wall time (hours, days) and on-demand cost (USD, NaN when unpriced) to spend `flops` at a given MFU.
+
+    time = FLOPs / (instances x devices x peak x MFU); cost = hours x instances x hourly price. The default MFU of
+    0.4 sits just under the 46% PaLM reported for its 540B run (Chowdhery et al. 2022, table 3).
+    """
+    if flops <= 0:
+        raise ValueError(f"flops must be positive, got {flops}")
+    if instances < 1:
+        raise ValueError(f"need at least one instance, got {instances}")
+    seconds = training_time_seconds(flops, instances * instance.devices, instance.peak_flops_per_device, mfu)
+    hours = seconds / SECONDS_PER_HOUR
+    price = instance.hourly_price_usd
+    cost = hours * instances * price if price is not None else float("nan")
+    return {"hours": hours, "days": hours / 24, "cost_usd": cost}
