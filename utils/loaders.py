@@ -1,0 +1,288 @@
+"""The data loader, worked backwards from the training loop: tokenize, pack into fixed blocks, write token shards,
+and read them back fast, correctly split across ranks and workers, resumable mid-epoch.
+
+Defined for notebook 06 (book chapter 6, data loaders); the training program of chapters 5 and 9 reads the same
+shards. Needs numpy and torch; `tokenize_dataset` takes a Hugging Face `datasets.Dataset`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, DistributedSampler, IterableDataset, get_worker_info
+
+SM_CHANNEL_TRAINING = "SM_CHANNEL_TRAINING"  # set by SageMaker to the training channel's local folder
+INDEX_FILE = "index.json"
+
+
+class ShardError(ValueError):
+    """A token shard or its index is missing, truncated or altered; the message names the file and the fix."""
+
+
+def training_data_dir(default: str | Path) -> Path:
+    """Where the training data lives: SageMaker's training channel folder when `SM_CHANNEL_TRAINING` is set
+    (File and FastFile modes both present it as a local path), else `default`. Raises if the folder is missing."""
+    path = Path(os.environ.get(SM_CHANNEL_TRAINING) or default)
+    if not path.is_dir():
+        source = f"${SM_CHANNEL_TRAINING}" if os.environ.get(SM_CHANNEL_TRAINING) else "the default"
+        raise ShardError(f"training data folder {path} (from {source}) does not exist; write the shards first")
+    return path
+
+
+def tokenize_dataset(dataset: Any, tokenizer: Any, eos_id: int, num_proc: int = 1, batch_size: int = 256) -> Any:
+    """Add `input_ids` (each document's tokens followed by `eos_id`) to a `datasets.Dataset` with a `text` column,
+    tokenizing in batches with `datasets.map` across `num_proc` processes. `tokenizer` is a transformers fast
+    tokenizer (its batch call runs in Rust)."""
+
+    def encode(batch: dict[str, list[str]]) -> dict[str, list[list[int]]]:
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"input_ids": [row + [eos_id] for row in ids]}
+
+    return dataset.map(encode, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
+                       remove_columns=[c for c in dataset.column_names if c != "id"], desc="tokenizing")  # fmt: skip
+
+
+def pack(documents: Iterable[Sequence[int]], block: int) -> tuple[np.ndarray, int]:
+    """Concatenate token documents (each already ending in EOS) and cut the stream into `block`-token rows.
+
+    Returns (blocks of shape [n, block], tokens left over at the end, fewer than one block, which are dropped).
+    No padding anywhere: every position of every block is a real token.
+    """
+    stream = np.fromiter((t for doc in documents for t in doc), dtype=np.int64)
+    n = len(stream) // block
+    return stream[: n * block].reshape(n, block), len(stream) - n * block
+
+
+def padding_waste(lengths: Sequence[int], block: int) -> dict[str, float]:
+    """What one-document-per-row loading costs at `block` tokens per row: the fraction of row positions that are
+    padding, and the fraction of real tokens cut off by truncation."""
+    lengths = np.asarray(lengths)
+    kept = np.minimum(lengths, block)
+    return {"padding_fraction": float(1 - kept.sum() / (len(lengths) * block)),
+            "truncated_fraction": float(1 - kept.sum() / lengths.sum())}  # fmt: skip
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits in 16 bits (vocabularies up to 65,536), else uint32: half the disk and memory."""
+    return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_token_shards(
+    documents: Iterable[Sequence[int]], out_dir: str | Path, block: int, vocab_size: int, blocks_per_shard: int = 1024
+) -> dict[str, Any]:
+    """Pack token documents into `block`-token rows and write them as raw `shard-NNNNN.bin` files of at most
+    `blocks_per_shard` rows, plus `index.json` (dtype, block, rows and SHA-256 per shard, documents, tokens).
+
+    Documents may be longer than a shard: the stream simply continues in the next one. Ids outside
+    [0, vocab_size) raise ShardError naming the document, before anything is written for it. Each shard is written
+    to a temporary name, flushed to disk and renamed, so a crash never leaves a half-written shard under a real name.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dtype = token_dtype(vocab_size)
+    shard_tokens = block * blocks_per_shard
+    buffer: list[np.ndarray] = []
+    buffered, documents_seen, tokens_seen = 0, 0, 0
+    shards: list[dict[str, Any]] = []
+
+    def flush(tokens: np.ndarray) -> None:
+        path = out_dir / f"shard-{len(shards):05d}.bin"
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb") as handle:
+            tokens.astype(dtype).tofile(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        shards.append({"file": path.name, "blocks": len(tokens) // block, "sha256": _sha256(path)})
+
+    for number, doc in enumerate(documents):
+        ids = np.asarray(doc, dtype=np.int64)
+        if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
+            raise ShardError(f"document {number} has token id {bad} outside the vocabulary [0, {vocab_size})")
+        documents_seen, tokens_seen = documents_seen + 1, tokens_seen + len(ids)
+        buffer.append(ids)
+        buffered += len(ids)
+        while buffered >= shard_tokens:
+            stream = np.concatenate(buffer)
+            flush(stream[:shard_tokens])
+            buffer, buffered = [stream[shard_tokens:]], buffered - shard_tokens
+    tail = np.concatenate(buffer) if buffer else np.zeros(0, dtype=np.int64)
+    whole = len(tail) // block * block
+    if whole:
+        flush(tail[:whole])
+    index = {"block": block, "dtype": dtype.name, "vocab_size": vocab_size, "documents": documents_seen,
+             "tokens": tokens_seen, "dropped_tail_tokens": len(tail) - whole, "shards": shards,
+             "blocks": sum(s["blocks"] for s in shards)}  # fmt: skip
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    return index
+
+
+def read_index(shard_dir: str | Path, verify_hashes: bool = False) -> dict[str, Any]:
+    """Load `index.json` and check every shard's size (and, optionally, its SHA-256) against it."""
+    shard_dir = Path(shard_dir)
+    if not (shard_dir / INDEX_FILE).exists():
+        raise ShardError(f"{shard_dir / INDEX_FILE} is missing; write shards with write_token_shards first")
+    index = json.loads((shard_dir / INDEX_FILE).read_text())
+    itemsize = np.dtype(index["dtype"]).itemsize
+    for shard in index["shards"]:
+        path = shard_dir / shard["file"]
+        expected = shard["blocks"] * index["block"] * itemsize
+        actual = path.stat().st_size if path.exists() else -1
+        if actual != expected:
+            raise ShardError(f"{path} has {actual} bytes, expected {expected}: truncated or replaced; rewrite it")
+        if verify_hashes and _sha256(path) != shard["sha256"]:
+            raise ShardError(f"{path} does not match its SHA-256 in {INDEX_FILE}: corrupt; rewrite it")
+    return index
+
+
+class PackedBlocks(Dataset):
+    """Map-style dataset of the packed blocks in a shard folder: item i is block i as a LongTensor of `block`
+    tokens. Shards are memory-mapped (read lazily, page by page), so the data may be far larger than RAM, and the
+    maps are opened in whichever process (DataLoader worker) first reads them."""
+
+    def __init__(self, shard_dir: str | Path, verify_hashes: bool = False) -> None:
+        self.shard_dir = Path(shard_dir)
+        self.index = read_index(self.shard_dir, verify_hashes)
+        self.block = int(self.index["block"])
+        self.starts = np.cumsum([0] + [s["blocks"] for s in self.index["shards"]]).tolist()
+        self._maps: list[np.memmap] | None = None
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _shard_maps(self) -> list[np.memmap]:
+        if self._maps is None:
+            dtype = np.dtype(self.index["dtype"])
+            self._maps = [np.memmap(self.shard_dir / s["file"], dtype=dtype, mode="r").reshape(-1, self.block)
+                          for s in self.index["shards"]]  # fmt: skip
+        return self._maps
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < len(self):
+            raise IndexError(f"block {i} out of range [0, {len(self)})")
+        shard = bisect.bisect_right(self.starts, i) - 1
+        return torch.from_numpy(self._shard_maps()[shard][i - self.starts[shard]].astype(np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_maps": None}  # workers reopen the maps instead of pickling them
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """torch's DistributedSampler (each rank gets a disjoint 1/world share of a per-epoch permutation, seeded by
+    seed + epoch) that can start part-way through an epoch: after `resume(epoch, samples_done)` the first
+    `samples_done` indices of this rank's order are skipped, so a restarted job sees exactly the batches the
+    interrupted one would have seen next."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = True) -> None:  # fmt: skip
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
+                         drop_last=drop_last)  # fmt: skip
+        self.skip = 0
+
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Position the sampler `samples_done` samples into `epoch` (per rank)."""
+        if not 0 <= samples_done <= self.num_samples:
+            raise ValueError(f"samples_done must be within [0, {self.num_samples}], got {samples_done}")
+        self.set_epoch(epoch)
+        self.skip = samples_done
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        order = list(super().__iter__())
+        return iter(order[self.skip :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.skip
+
+
+class StreamingBlocks(IterableDataset):
+    """Iterable dataset that streams blocks shard by shard, for data read once in order (object storage, Pipe mode)
+    rather than randomly accessed. Each epoch visits the shards in a seeded order and shuffles blocks within a
+    shard; block k of that order goes to global reader k mod (ranks x workers), so ranks and their DataLoader
+    workers read disjoint blocks that together cover the epoch."""
+
+    def __init__(self, shard_dir: str | Path, rank: int = 0, world_size: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        self.blocks = PackedBlocks(shard_dir)
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        worker = get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        readers, me = self.world_size * workers, self.rank * workers + worker_id
+        rng = np.random.default_rng((self.seed, self.epoch))
+        k = 0
+        for shard in rng.permutation(len(self.blocks.starts) - 1):
+            start, stop = self.blocks.starts[shard], self.blocks.starts[shard + 1]
+            for i in rng.permutation(np.arange(start, stop)):
+                if k % readers == me:
+                    yield self.blocks[int(i)]
+                k += 1
+
+
+def causal_lm_batch(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Collate packed blocks for a transformers causal LM: labels are the inputs (the model shifts them)."""
+    x = torch.stack(blocks)
+    return {"input_ids": x, "labels": x}
+
+
+def steps_per_epoch(blocks: int, world_size: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch when each of `world_size` ranks takes `batch_size` blocks per step."""
+    return math.floor(blocks / world_size) // batch_size
+
+
+class AugmentedImages(Dataset):
+    """Images (N, C, H, W) with labels; with `augment`, each read applies a random shift of up to `shift` pixels
+    and a rotation of up to `degrees`, drawn from a generator seeded by (seed, epoch, index), so augmentation is
+    different every epoch yet reproducible. Written with torch's affine_grid/grid_sample because torchvision's
+    wheels do not run beside this course's CPU build of torch."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = True, shift: float = 1.0,
+                 degrees: float = 15.0, seed: int = 0) -> None:  # fmt: skip
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"need images (N, C, H, W) and N labels, got {tuple(images.shape)} and {len(labels)}")
+        self.images, self.labels, self.augment = images.float(), labels, augment
+        self.shift, self.degrees, self.seed, self.epoch = shift, degrees, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.images[i]
+        if self.augment:
+            g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) % 2**63)
+            angle = math.radians(float(torch.empty(1).uniform_(-self.degrees, self.degrees, generator=g)))
+            h, w = image.shape[-2:]
+            dx, dy = (torch.empty(2).uniform_(-self.shift, self.shift, generator=g) * 2 / torch.tensor([w, h])).tolist()
+            theta = torch.tensor([[math.cos(angle), -math.sin(angle), dx], [math.sin(angle), math.cos(angle), dy]])
+            grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
+            image = F.grid_sample(image[None], grid, align_corners=False, padding_mode="zeros")[0]
+        return image, self.labels[i]
