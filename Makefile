@@ -48,7 +48,7 @@ unit: $(INSTALLED)
 
 # Smoke-size notebooks under nbval; the IPython profile in tests/ipython blocks non-loopback sockets in kernels.
 notebooks: $(INSTALLED)
-	COURSE_SMOKE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 IPYTHONDIR=$(CURDIR)/tests/ipython \
+	COURSE_SMOKE=1 TQDM_DISABLE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1 IPYTHONDIR=$(CURDIR)/tests/ipython \
 		$(BIN)/python -m pytest --nbval-lax --nbval-cell-timeout=300 notebooks
 
 lab: setup

@@ -30,8 +30,8 @@ def test_normalize_text():
 
 
 def test_strip_markup_keeps_words():
-    text = "Use :class:`~datasets.Dataset` or ``map``.\n\n>>> ds.map(f)\n... more\n.. note::\nSee `docs`_ <b>now</b>"
-    assert C.strip_markup(text) == "Use datasets.Dataset or map.\n\nSee docs now"
+    text = "Use :class:`~datasets.Dataset` or ``map``::\n\n>>> ds.map(f)\n... more\n.. note::\nSee `docs`_ <b>now</b>"
+    assert C.strip_markup(text) == "Use datasets.Dataset or map:\n\nSee docs now"
 
 
 def test_boilerplate_lines_are_removed_and_counted():

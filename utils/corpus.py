@@ -83,13 +83,17 @@ def installed_docstrings(packages: Iterable[str], domain: str = "software") -> l
 def installed_licences(domain: str = "software") -> list[Document]:
     """The licence files every installed distribution ships (`*.dist-info/licenses/*`, `LICENSE*`), one document
     each: real boilerplate, and many exact copies of the same few licences."""
-    documents = []
+    documents, names = [], set()
     for dist in sorted(importlib.metadata.distributions(), key=lambda d: d.metadata["Name"].lower()):
+        if dist.metadata["Name"].lower() in names:  # found twice on sys.path: the first copy is the one imported
+            continue
+        names.add(dist.metadata["Name"].lower())
         for file in dist.files or []:
             name = Path(str(file)).name.upper()
             if name.startswith(("LICENSE", "LICENCE", "COPYING")) and not name.endswith((".PY", ".PYC")):
+                path = Path(dist.locate_file(file))
                 try:
-                    text = Path(dist.locate_file(file)).read_text(encoding="utf-8")
+                    text = path.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError):
                     continue
                 documents.append({"id": f"{dist.metadata['Name']}:{file}", "domain": domain,
@@ -127,6 +131,7 @@ MARKUP_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"`([^`]*)`_?"), r"\1"),  # markdown code and reST links
     (re.compile(r"</?[a-zA-Z][^>]*>"), ""),  # HTML tags
     (re.compile(r"^[ \t]*[-=~^]{3,}[ \t]*$\n?", re.MULTILINE), ""),  # heading underlines
+    (re.compile(r"::$", re.MULTILINE), ":"),  # reST literal-block markers
 ]
 
 

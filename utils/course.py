@@ -38,7 +38,7 @@ SMOKE_ENV = "COURSE_SMOKE"  # "1": notebooks run at smoke size
 
 #: Environment every headless notebook kernel gets on top of the runner's: no progress bars (they are for people
 #: watching; in a saved notebook they are noise). Each notebook switches the hub off itself (utils.offline).
-HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
 
 
 @dataclass(frozen=True)
