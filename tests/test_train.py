@@ -1,0 +1,153 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils import loaders
+from utils import train as T
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--layers", "1", "--width", "32", "--heads", "2", "--batch-size", "4", "--warmup", "2", "--log-every", "1",
+        "--peak-flops", "1e11", "--lr", "3e-3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    """Token shards of learnable documents (counting upwards from a random start, modulo 99): a 100-token
+    vocabulary, 16-token blocks, several shards."""
+    folder = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    docs = [((rng.integers(99) + np.arange(rng.integers(10, 60))) % 99 + 1).tolist() + [0] for _ in range(300)]
+    loaders.write_token_shards(docs, folder, block=16, vocab_size=100, blocks_per_shard=200)
+    return folder
+
+
+def run(args: list[str], torchrun: int = 0, extra: list[str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """The training program as a user runs it: `python -m utils.train` or `torchrun ... -m utils.train`."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    launcher = [sys.executable, "-m", "utils.train"]
+    if torchrun:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(torchrun),
+                    "--standalone", *(extra or []), "-m", "utils.train"]  # fmt: skip
+    return subprocess.run(launcher + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def losses(output: Path) -> dict[int, float]:
+    """step -> loss from metrics.jsonl; a resumed run's later lines replace the earlier run's."""
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["loss"] for row in rows}
+
+
+def test_one_process_trains_logs_and_saves_a_transformers_model(shards, tmp_path):
+    done = run(["--data", str(shards), "--output", str(tmp_path), "--steps", "6", *TINY])
+    assert done.returncode == 0, done.stderr
+    assert "step=6; loss=" in done.stdout and "mfu=" in done.stdout
+    trace = losses(tmp_path)
+    assert sorted(trace) == [1, 2, 3, 4, 5, 6] and trace[6] < trace[1]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert model.config.n_layer == 1 and (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_crash_and_resume_reproduces_the_uninterrupted_losses(shards, tmp_path):
+    args = ["--data", str(shards), "--steps", "8", "--checkpoint-every", "2", *TINY]
+    assert run([*args, "--output", str(tmp_path / "whole")]).returncode == 0
+    crashed = run([*args, "--output", str(tmp_path / "crash"), "--fail-at-step", "6"])
+    assert crashed.returncode == 1
+    resumed = run([*args, "--output", str(tmp_path / "crash")])
+    assert resumed.returncode == 0 and "resumed from step 4" in resumed.stdout
+    assert losses(tmp_path / "crash") == losses(tmp_path / "whole")
+
+
+def test_sigterm_checkpoints_then_resume_matches(shards, tmp_path):
+    args = ["--data", str(shards), "--steps", "12", "--checkpoint-every", "0", *TINY]
+    assert run([*args, "--output", str(tmp_path / "whole")]).returncode == 0
+    env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "utils.train", *args, "--output", str(tmp_path / "cut")],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("step=3;"):
+            process.send_signal(signal.SIGTERM)
+            break
+    rest = process.stdout.read()
+    assert process.wait(timeout=120) == 128 + signal.SIGTERM and "checkpoint saved" in rest
+    stopped_at = max(losses(tmp_path / "cut"))
+    assert 3 <= stopped_at < 12
+    resumed = run([*args, "--output", str(tmp_path / "cut")])
+    assert resumed.returncode == 0 and f"resumed from step {stopped_at}" in resumed.stdout
+    assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_warning(shards, tmp_path):
+    args = ["--data", str(shards), "--output", str(tmp_path), "--steps", "4", "--checkpoint-every", "2", *TINY]
+    assert run(args).returncode == 0
+    latest = tmp_path / "checkpoints" / "step-0000004.pt"
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated, as by a crash mid-copy
+    again = run([*args[:5], "6", *args[6:]])
+    assert again.returncode == 0 and "step-0000004.pt is truncated or corrupt" in again.stderr
+    assert "resumed from step 2" in again.stdout
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process_on_the_same_global_batch(shards, tmp_path, strategy):
+    common = ["--data", str(shards), "--steps", "5", "--checkpoint-every", "0", *TINY]
+    single = run([*common, "--output", str(tmp_path / "one"), "--batch-size", "8"])
+    assert single.returncode == 0, single.stderr
+    two = run([*common, "--output", str(tmp_path / "two"), "--batch-size", "4", "--strategy", strategy], torchrun=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 rank(s)" in two.stdout
+    one, both = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert one.keys() == both.keys() and max(abs(one[s] - both[s]) for s in one) < 1e-4
+
+
+def test_torchrun_restarts_a_dead_rank_from_the_last_checkpoint(shards, tmp_path):
+    args = ["--data", str(shards), "--output", str(tmp_path), "--steps", "6", "--checkpoint-every", "2",
+            "--strategy", "ddp", "--fail-at-step", "5", *TINY]  # fmt: skip
+    done = run(args, torchrun=2, extra=["--max-restarts", "1"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from step 4" in done.stdout and max(losses(tmp_path)) == 6
+
+
+def test_sagemaker_hyperparameters_and_channels(shards, tmp_path):
+    env = {"SM_HPS": json.dumps({"steps": 7, "grad_accum": 2, "activation-checkpointing": True, "compile": False}),
+           "SM_CHANNEL_TRAINING": str(shards), "SM_MODEL_DIR": str(tmp_path / "model")}  # fmt: skip
+    settings = T.parse_settings(["--lr", "0.01"], env)
+    assert (settings.steps, settings.grad_accum, settings.lr) == (7, 2, 0.01)
+    assert settings.activation_checkpointing and not settings.compile
+    assert settings.data == str(shards) and settings.output == tmp_path / "model"
+    assert settings.checkpoint_dir == T.SAGEMAKER_CHECKPOINTS
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--width", "30", "--heads", "4"], "multiple of --heads"),
+        (["--strategy", "zero9"], "invalid choice"),
+        ([], "no training data"),
+    ],
+)
+def test_bad_settings_fail_before_any_work(argv, message, capsys, shards):
+    data = ["--data", str(shards)] if argv else []
+    with pytest.raises(SystemExit) as stop:
+        T.parse_settings(argv + data, env={})
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_folder_is_reported(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        T.parse_settings(["--data", str(tmp_path / "nope")], env={})
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_learning_rate_schedule():
+    settings = T.parse_settings(["--data", ".", "--steps", "100", "--warmup", "10", "--lr", "1.0"], env={})
+    assert T.learning_rate(0, settings) == pytest.approx(0.1)
+    assert T.learning_rate(9, settings) == pytest.approx(1.0)
+    assert T.learning_rate(100, settings) == pytest.approx(0.1)
