@@ -39,21 +39,17 @@ def main() -> None:
     args = parser.parse_args()
     enable_offline_mode()
     import datasets
+    from course_shards import shakespeare_shards
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
 
     from utils import assets, loaders
-    from utils.bpe import EOS, as_transformers_tokenizer, train_bpe
     from utils.models import small_gpt
 
     datasets.disable_progress_bars()
 
+    shard_dir, tokenizer = shakespeare_shards(tempfile.mkdtemp(prefix="loader-bench-"), VOCAB, CONTEXT)
     texts = list(assets.shakespeare_texts().values())
-    tokenizer = as_transformers_tokenizer(train_bpe(texts, VOCAB))
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    documents = [ids + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    shard_dir = tempfile.mkdtemp(prefix="loader-bench-")
-    loaders.write_token_shards(documents, shard_dir, CONTEXT, VOCAB, blocks_per_shard=256)
     blocks = loaders.PackedBlocks(shard_dir)
     sampler = loaders.ResumableDistributedSampler(blocks)
     packed = DataLoader(blocks, BATCH, sampler=sampler, collate_fn=loaders.causal_lm_batch)
