@@ -104,6 +104,14 @@ def test_two_ranks_match_one_process_on_the_same_global_batch(shards, tmp_path, 
     assert "2 rank(s)" in two.stdout
     one, both = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert one.keys() == both.keys() and max(abs(one[s] - both[s]) for s in one) < 1e-4
+    single_bytes = json.loads((tmp_path / "one" / "memory.json").read_text())[0]
+    per_rank = json.loads((tmp_path / "two" / "memory.json").read_text())
+    for part in ("parameters", "gradients", "optimizer"):
+        held = [rank[part] for rank in per_rank]
+        if strategy == "ddp":  # every rank holds everything
+            assert held == [single_bytes[part]] * 2
+        else:  # FSDP: each rank holds about half (shards are padded to equal sizes)
+            assert sum(held) >= single_bytes[part] and max(held) <= 0.55 * single_bytes[part]
 
 
 def test_torchrun_restarts_a_dead_rank_from_the_last_checkpoint(shards, tmp_path):
@@ -151,3 +159,37 @@ def test_learning_rate_schedule():
     assert T.learning_rate(0, settings) == pytest.approx(0.1)
     assert T.learning_rate(9, settings) == pytest.approx(1.0)
     assert T.learning_rate(100, settings) == pytest.approx(0.1)
+
+
+def test_activation_checkpointing_saves_fewer_activations():
+    import torch
+
+    from utils.models import small_gpt
+
+    torch.manual_seed(0)
+    model = small_gpt(100, 32, layers=4, width=64, heads=2)
+    batch = {"input_ids": torch.randint(0, 100, (4, 32)), "labels": torch.randint(0, 100, (4, 32))}
+    full = T.saved_activation_bytes(model, batch)
+    model.activation_checkpointing_enable()
+    model.train()
+    assert T.saved_activation_bytes(model, batch) < full / 2
+
+
+def test_launch_and_read_metrics(shards, tmp_path):
+    done = T.launch(["--data", str(shards), "--output", str(tmp_path), "--steps", "2", *TINY])
+    assert done.returncode == 0, done.stderr
+    assert [row["step"] for row in T.read_metrics(tmp_path)] == [1, 2]
+
+
+@pytest.mark.parametrize("demo", ["tensor", "pipeline"])
+def test_tensor_and_pipeline_parallel_match_one_process(demo):
+    from utils.parallelism import run_demo
+
+    results = run_demo(demo)
+    assert len(results) == 2
+    if demo == "tensor":
+        assert all(r["output_max_difference"] < 1e-5 and r["grad_max_difference"] < 1e-6 for r in results)
+        assert results[0]["local_weight_shape"][0] * 2 == results[0]["full_weight_shape"][0]
+    else:
+        last = next(r for r in results if r["stage"] == 1)
+        assert last["pipeline_loss"] == pytest.approx(last["whole_model_loss"], rel=1e-5)

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -239,6 +240,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _local_bytes(tensor: torch.Tensor | None) -> int:
+    if tensor is None:
+        return 0
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # FSDP2 parameters are sharded DTensors
+    return local.numel() * local.element_size()
+
+
+def local_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes this rank holds for parameters, gradients and optimizer state (its shard under FSDP, everything under
+    DDP): the quantities ZeRO divides, measured rather than predicted."""
+    parameters = list(model.parameters())
+    states = [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return {"parameters": sum(_local_bytes(p) for p in parameters),
+            "gradients": sum(_local_bytes(p.grad) for p in parameters),
+            "optimizer": sum(_local_bytes(t) for t in states if t.dim() > 0)}  # fmt: skip
+
+
+def saved_activation_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for the backward pass during one forward, counted once per storage:
+    the activation memory of a training step, measured on any device (no CUDA memory statistics needed)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
 # ---------------------------------------------------------------------------------------------------- training
 
 
@@ -291,7 +326,7 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(settings.seed)
     model = small_gpt(vocab, context, settings.layers, settings.width, settings.heads).to(device)
     if settings.activation_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     model = wrap_model(model, settings.strategy, world, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, settings) / settings.lr)
@@ -342,7 +377,19 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
             total += loss.detach().float()
         if settings.clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.clip)
-        optimizer.step(), scheduler.step(), optimizer.zero_grad(set_to_none=True)
+        if step == start_step:  # parameters, gradients and optimizer state all exist now: measure them
+            memory = local_state_bytes(model, optimizer)
+        optimizer.step(), scheduler.step()
+        if step == start_step:
+            memory["optimizer"] = local_state_bytes(model, optimizer)["optimizer"]
+            memories = [None] * world
+            if world > 1:
+                dist.all_gather_object(memories, memory)
+            else:
+                memories = [memory]
+            if rank == 0:
+                (settings.output / "memory.json").write_text(json.dumps(memories, indent=1))
+        optimizer.zero_grad(set_to_none=True)
         if world > 1:  # the logged loss is the mean over ranks (gloo has no AVG reduction, so SUM / world)
             dist.all_reduce(total, op=dist.ReduceOp.SUM)
             total = total / world
@@ -396,6 +443,27 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
         dist.barrier()
         dist.destroy_process_group()
     return {"rank": rank, "world": world, "final_loss": last_loss, "steps": settings.steps, "resumed_from": start_step}
+
+
+def launch(flags: list[str], processes: int = 1, torchrun: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run this program as a user would, `python -m utils.train` or `torchrun --nproc-per-node N -m utils.train`,
+    from the repository root; returns the finished process (stdout, stderr, returncode)."""
+    command = [sys.executable, "-m", "utils.train", *flags]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+                   *torchrun, "-m", "utils.train", *flags]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(os.cpu_count() // processes, 1)))}
+    return subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
+
+
+def read_metrics(output: str | Path) -> list[dict[str, float]]:
+    """The metric lines a run wrote to `<output>/metrics.jsonl`, later lines for a step replacing earlier ones
+    (a resumed run logs again the steps after its checkpoint)."""
+    rows = {}
+    for line in (Path(output) / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]
 
 
 def main(argv: list[str] | None = None) -> int:
