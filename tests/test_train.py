@@ -193,3 +193,30 @@ def test_tensor_and_pipeline_parallel_match_one_process(demo):
     else:
         last = next(r for r in results if r["stage"] == 1)
         assert last["pipeline_loss"] == pytest.approx(last["whole_model_loss"], rel=1e-5)
+
+
+def test_vit_trains_on_images_one_and_two_ranks(tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    loaders.write_image_arrays(tmp_path / "digits", digits.images[:, None] / 16, digits.target)
+    common = ["--model", "vit", "--data", str(tmp_path / "digits"), "--steps", "4", "--checkpoint-every", "0",
+              "--layers", "1", "--width", "32", "--heads", "2", "--log-every", "1", "--peak-flops", "1e11"]  # fmt: skip
+    one = run([*common, "--output", str(tmp_path / "one"), "--batch-size", "16"])
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run([*common, "--output", str(tmp_path / "two"), "--batch-size", "8", "--strategy", "ddp"], torchrun=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-4
+    from transformers import AutoModelForImageClassification
+
+    assert AutoModelForImageClassification.from_pretrained(tmp_path / "one" / "model").config.num_labels == 10
+
+
+def test_rerunning_a_finished_distributed_run_is_a_no_op_resume(shards, tmp_path):
+    args = ["--data", str(shards), "--output", str(tmp_path), "--steps", "3", "--checkpoint-every", "0",
+            "--strategy", "ddp", *TINY]  # fmt: skip
+    assert run(args, torchrun=2).returncode == 0
+    again = run(args, torchrun=2)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from step 3" in again.stdout

@@ -77,7 +77,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -111,7 +112,7 @@ def write_token_shards(
             handle.flush()
             os.fsync(handle.fileno())
         temporary.replace(path)
-        shards.append({"file": path.name, "blocks": len(tokens) // block, "sha256": _sha256(path)})
+        shards.append({"file": path.name, "blocks": len(tokens) // block, "sha256": sha256_file(path)})
 
     for number, doc in enumerate(documents):
         ids = np.asarray(doc, dtype=np.int64)
@@ -149,7 +150,7 @@ def read_index(shard_dir: str | Path, verify_hashes: bool = False) -> dict[str, 
         actual = path.stat().st_size if path.exists() else -1
         if actual != expected:
             raise ShardError(f"{path} has {actual} bytes, expected {expected}: truncated or replaced; rewrite it")
-        if verify_hashes and _sha256(path) != shard["sha256"]:
+        if verify_hashes and sha256_file(path) != shard["sha256"]:
             raise ShardError(f"{path} does not match its SHA-256 in {INDEX_FILE}: corrupt; rewrite it")
     return index
 
@@ -254,6 +255,35 @@ def causal_lm_batch(blocks: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 def steps_per_epoch(blocks: int, world_size: int, batch_size: int) -> int:
     """Optimizer steps in one epoch when each of `world_size` ranks takes `batch_size` blocks per step."""
     return math.floor(blocks / world_size) // batch_size
+
+
+IMAGES_FILE = "images.npz"
+
+
+def write_image_arrays(out_dir: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """Save images (N, C, H, W) and integer labels as `images.npz`: a training channel for the vision model."""
+    if images.ndim != 4 or len(images) != len(labels):
+        raise ShardError(f"need images (N, C, H, W) and N labels, got {images.shape} and {len(labels)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(out_dir / IMAGES_FILE, images=images.astype(np.float32), labels=labels.astype(np.int64))
+    return out_dir / IMAGES_FILE
+
+
+def read_image_arrays(folder: str | Path, augment: bool = True, seed: int = 0) -> AugmentedImages:
+    """The images a folder's `images.npz` holds, as an `AugmentedImages` dataset."""
+    path = Path(folder) / IMAGES_FILE
+    if not path.exists():
+        raise ShardError(f"{path} is missing; write it with write_image_arrays")
+    with np.load(path) as arrays:
+        return AugmentedImages(
+            torch.from_numpy(arrays["images"]), torch.from_numpy(arrays["labels"]), augment, seed=seed
+        )
+
+
+def image_batch(items: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Collate (image, label) pairs for a transformers image classifier."""
+    return {"pixel_values": torch.stack([image for image, _ in items]), "labels": torch.stack([y for _, y in items])}
 
 
 class AugmentedImages(Dataset):

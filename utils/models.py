@@ -1,8 +1,10 @@
 """Small, randomly initialised transformers of the three families: decoder (GPT-2), encoder (BERT) and
-encoder-decoder (T5), built from transformers config classes so the same code scales to the real sizes.
+encoder-decoder (T5), plus a vision transformer (ViT), built from transformers config classes so the same code
+scales to the real sizes.
 
 Defined for notebook 01 (book chapter 1's table of encoders, decoders and encoder-decoders); chapters 2, 5 and 9
-train the GPT. Defaults are laptop-sized; each docstring gives the real model's values. Needs transformers.
+train the GPT, and the training program (chapter 5) the ViT. Defaults are laptop-sized; each docstring gives the
+real model's values. Needs transformers.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from transformers import (
     PreTrainedModel,
     T5Config,
     T5ForConditionalGeneration,
+    ViTConfig,
+    ViTForImageClassification,
 )
 
 
@@ -44,6 +48,27 @@ def small_gpt(
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"  # the class name predates transformers' loss registry; same loss, no warning
     return model
+
+
+def small_vit(
+    image_size: int = 8,
+    patch_size: int = 2,
+    channels: int = 1,
+    classes: int = 10,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+) -> ViTForImageClassification:
+    """A ViT image classifier: the image cut into patch_size x patch_size patches, each patch a token.
+
+    ViT-Base/16: 224 x 224 images, 16 x 16 patches (196 tokens), 12 layers, width 768, 12 heads, FFN 3,072
+    (Dosovitskiy et al., 2021). The defaults fit the 8 x 8 digits: 16 patches of 2 x 2.
+    """
+    config = ViTConfig(
+        image_size=image_size, patch_size=patch_size, num_channels=channels, num_labels=classes,
+        num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width,
+    )  # fmt: skip
+    return ViTForImageClassification(config)
 
 
 def small_bert(

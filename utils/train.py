@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -35,9 +34,17 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from utils.loaders import PackedBlocks, ResumableDistributedSampler, causal_lm_batch, training_data_dir
+from utils.loaders import (
+    PackedBlocks,
+    ResumableDistributedSampler,
+    causal_lm_batch,
+    image_batch,
+    read_image_arrays,
+    sha256_file,
+    training_data_dir,
+)
 from utils.machine import has_fast_cpu_bf16, measure_matmul_throughput
-from utils.models import small_gpt
+from utils.models import small_gpt, small_vit
 from utils.sizing import TransformerShape, training_flops_per_token
 
 SAGEMAKER_HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
@@ -56,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     add("data", default=None, help="folder of token shards (default: $SM_CHANNEL_TRAINING)")
     add("output", default=None, help="metrics.jsonl and the final model (default: $SM_MODEL_DIR, else runs/train)")
     add("checkpoint-dir", default=None, help="default: /opt/ml/checkpoints on SageMaker, else <output>/checkpoints")
+    add("model", choices=["gpt", "vit"], default="gpt", help="gpt: token shards; vit: images.npz (digits)")
     add("layers", type=int, default=4, help="transformer blocks (GPT-2 small: 12)")
     add("width", type=int, default=256, help="model width (GPT-2 small: 768)")
     add("heads", type=int, default=4, help="attention heads (GPT-2 small: 12)")
@@ -178,21 +186,14 @@ def wrap_model(model: torch.nn.Module, strategy: str, world: int, device: torch.
     if strategy == "fsdp" and world > 1:
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.transformer.h:
+        blocks = model.transformer.h if hasattr(model, "transformer") else model.vit.encoder.layer
+        for block in blocks:
             fully_shard(block)
         fully_shard(model)
     return model
 
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_checkpoint(payload: dict[str, Any], folder: Path, step: int, keep: int) -> Path:
@@ -206,7 +207,7 @@ def save_checkpoint(payload: dict[str, Any], folder: Path, step: int, keep: int)
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(path)
-    path.with_suffix(".sha256").write_text(_sha256(path))
+    path.with_suffix(".sha256").write_text(sha256_file(path))
     for old in sorted(folder.glob("step-*.pt"))[:-keep]:
         old.unlink()
         old.with_suffix(".sha256").unlink(missing_ok=True)
@@ -219,7 +220,7 @@ def load_latest_checkpoint(folder: Path) -> tuple[dict[str, Any] | None, list[st
     warnings = []
     for path in sorted(folder.glob("step-*.pt"), reverse=True):
         recorded = path.with_suffix(".sha256")
-        if not recorded.exists() or recorded.read_text().strip() != _sha256(path):
+        if not recorded.exists() or recorded.read_text().strip() != sha256_file(path):
             warnings.append(f"{path.name} is truncated or corrupt (hash mismatch); using an older checkpoint")
             continue
         try:
@@ -287,12 +288,15 @@ def learning_rate(step: int, settings: argparse.Namespace) -> float:
 
 
 def batches(
-    dataset: PackedBlocks, sampler: ResumableDistributedSampler, batch_size: int
+    dataset: Any, sampler: ResumableDistributedSampler, batch_size: int, collate: Any
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches forever, epoch after epoch, from wherever the sampler was resumed; tracks its position."""
+    """Batches forever, epoch after epoch, from wherever the sampler was resumed; tracks its position (and, for
+    augmented images, tells the dataset the epoch so each epoch draws new augmentations)."""
     while True:
-        for batch in DataLoader(dataset, batch_size, sampler=sampler, collate_fn=causal_lm_batch, drop_last=True):
-            sampler.skip += len(batch["input_ids"])  # position within the epoch, saved in checkpoints
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(sampler.epoch)
+        for batch in DataLoader(dataset, batch_size, sampler=sampler, collate_fn=collate, drop_last=True):
+            sampler.skip += len(batch["labels"])  # position within the epoch, saved in checkpoints
             yield batch
         sampler.set_epoch(sampler.epoch + 1)
 
@@ -321,10 +325,23 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
     rank, world, device = setup_distributed()
     stopper = Stopper()
     dtype, precision_note = choose_precision(settings.precision, device)
-    dataset = PackedBlocks(training_data_dir(settings.data))
-    vocab, context = int(dataset.index["vocab_size"]), dataset.block
+    folder = training_data_dir(settings.data)
+    if settings.model == "gpt":
+        dataset, collate = PackedBlocks(folder), causal_lm_batch
+        vocab, context = int(dataset.index["vocab_size"]), dataset.block
+
+        def build() -> torch.nn.Module:
+            return small_gpt(vocab, context, settings.layers, settings.width, settings.heads)
+    else:
+        dataset, collate = read_image_arrays(folder, seed=settings.seed), image_batch
+        channels, size = dataset.images.shape[1], dataset.images.shape[-1]
+        vocab, context = 1, (size // 2) ** 2 + 1  # one token per 2 x 2 patch, plus the class token
+
+        def build() -> torch.nn.Module:
+            return small_vit(size, 2, channels, 10, settings.layers, settings.width, settings.heads)
+
     torch.manual_seed(settings.seed)
-    model = small_gpt(vocab, context, settings.layers, settings.width, settings.heads).to(device)
+    model = build().to(device)
     if settings.activation_checkpointing:
         model.activation_checkpointing_enable()
     model = wrap_model(model, settings.strategy, world, device)
@@ -354,7 +371,7 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
     shape = TransformerShape(vocab, settings.width, settings.layers, settings.heads, 4 * settings.width, context)
     flops_per_token = training_flops_per_token(shape, context)
     peak = settings.peak_flops or measure_matmul_throughput(2048, dtype, device.type)["gflops"] * 1e9
-    data = batches(dataset, sampler, settings.batch_size)
+    data = batches(dataset, sampler, settings.batch_size, collate)
     tokens_per_step = settings.batch_size * settings.grad_accum * context * world
     interactive = rank == 0 and sys.stderr.isatty() and os.environ.get("TQDM_DISABLE") != "1"
     progress = tqdm(total=settings.steps, initial=start_step, disable=not interactive, desc="training")
@@ -431,12 +448,9 @@ def train(settings: argparse.Namespace) -> dict[str, Any]:
                 dist.destroy_process_group()
             sys.exit(128 + signal.SIGTERM)
     progress.close()
-    if settings.steps > start_step or checkpoint is None:
-        model_state, _ = get_state_dict(model, optimizer, options=full)
-    else:  # nothing left to train: the checkpoint already holds the final model
-        model_state = checkpoint["model"]
+    model_state, _ = get_state_dict(model, optimizer, options=full)  # collective: every rank takes part
     if rank == 0:
-        final = small_gpt(vocab, context, settings.layers, settings.width, settings.heads)
+        final = build()
         final.load_state_dict(model_state)
         final.save_pretrained(settings.output / "model")
     if world > 1:
