@@ -224,19 +224,25 @@ def load_latest_checkpoint(folder: Path) -> tuple[dict[str, Any] | None, list[st
             warnings.append(f"{path.name} is truncated or corrupt (hash mismatch); using an older checkpoint")
             continue
         try:
-            return torch.load(path, map_location="cpu", weights_only=False), warnings
-        except Exception as error:  # a file that hashes right but does not unpickle: skip it, say so
+            return torch.load(path, map_location="cpu", weights_only=True), warnings
+        except Exception as error:  # a file that hashes right but does not load: skip it, say so
             warnings.append(f"{path.name} does not load ({error}); using an older checkpoint")
     return None, warnings
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every random generator's state, in types `torch.load(weights_only=True)` accepts (numpy's key array as a
+    list), so checkpoints never need unpickling of arbitrary objects."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), position, has_gauss, cached],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"]), np.random.set_state(state["numpy"]), random.setstate(state["python"])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"]), random.setstate(state["python"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
