@@ -220,3 +220,16 @@ def test_rerunning_a_finished_distributed_run_is_a_no_op_resume(shards, tmp_path
     again = run(args, torchrun=2)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resumed from step 3" in again.stdout
+
+
+def test_compiled_training_matches_eager_and_saves_a_plain_model(shards, tmp_path):
+    args = ["--data", str(shards), "--steps", "4", "--checkpoint-every", "2", *TINY]
+    assert run([*args, "--output", str(tmp_path / "eager")]).returncode == 0
+    compiled = run([*args, "--output", str(tmp_path / "compiled"), "--compile"])
+    assert compiled.returncode == 0, compiled.stderr[-2000:]
+    eager, fused = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert sorted(fused) == [1, 2, 3, 4] and max(abs(eager[s] - fused[s]) for s in eager) < 1e-3
+    from safetensors.torch import load_file
+
+    names = load_file(tmp_path / "compiled" / "model" / "model.safetensors")
+    assert not any(name.startswith("_orig_mod") for name in names)
