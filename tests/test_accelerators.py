@@ -49,3 +49,12 @@ def test_bad_input_is_rejected(call):
 def test_custom_instance():
     mine = Instance("my-box", "GPU", 2, 100e12, 3.0, "quoted by my provider 2026-11-22")
     assert training_run_cost(2 * 100e12 * 3600, mine, mfu=1.0)["cost_usd"] == pytest.approx(3.0)
+
+
+def test_accelerator_specs_are_consistent_with_the_instances():
+    from utils.accelerators import ACCELERATOR_SPECS
+
+    by_name = {spec.name: spec for spec in ACCELERATOR_SPECS}
+    for instance in CLOUD_INSTANCES:
+        assert by_name[instance.accelerator].bf16_tflops * 1e12 == instance.peak_flops_per_device
+    assert all(spec.fp8_tflops is None or spec.fp8_tflops >= spec.bf16_tflops for spec in ACCELERATOR_SPECS)

@@ -31,3 +31,10 @@ def test_matmul_throughput_is_2n3_flops_over_the_median_time():
     assert result["size"] == 64 and result["seconds"] > 0
     assert abs(result["gflops"] - 2 * 64**3 / result["seconds"] / 1e9) < 1e-9
     assert result["best_gflops"] >= result["gflops"] * 0.999
+
+
+def test_memory_bandwidth_is_a_plausible_rate():
+    from utils.machine import measure_memory_bandwidth
+
+    rate = measure_memory_bandwidth(megabytes=64, repeats=3)
+    assert 0.1 < rate < 10_000  # GB/s: from a throttled laptop to a GPU's HBM

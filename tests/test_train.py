@@ -233,3 +233,13 @@ def test_compiled_training_matches_eager_and_saves_a_plain_model(shards, tmp_pat
 
     names = load_file(tmp_path / "compiled" / "model" / "model.safetensors")
     assert not any(name.startswith("_orig_mod") for name in names)
+
+
+def test_preflight_passes_on_a_healthy_host_and_stops_a_slow_one(shards, tmp_path):
+    args = ["--data", str(shards), "--steps", "2", "--strategy", "ddp", *TINY]
+    healthy = run([*args, "--output", str(tmp_path / "ok"), "--preflight-gflops", "0.001"], torchrun=2)
+    assert healthy.returncode == 0, healthy.stderr[-2000:]
+    assert "rank 1 pre-flight passed" in healthy.stdout and "all-reduce over 2 ranks correct" in healthy.stdout
+    slow = run([*args, "--output", str(tmp_path / "slow"), "--preflight-gflops", "1e9"])
+    assert slow.returncode == 3 and "below 50% of the expected" in slow.stderr
+    assert not (tmp_path / "slow" / "metrics.jsonl").exists()

@@ -19,6 +19,9 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKER = "# ---- locked transitive dependencies"
+# Installers stay whatever the virtual environment came with: sagemaker-training lists pip as a dependency, and
+# pinning it would make `pip install -r requirements.txt` replace the running pip.
+UNPINNED = {"pip", "setuptools", "wheel"}
 
 
 def dependency_closure(direct: list[str]) -> dict[str, set[str]]:
@@ -48,7 +51,7 @@ def main() -> None:
     locked = [
         f"{md.metadata(name)['Name']}=={md.version(name)}  # via {', '.join(sorted(parents))}"
         for name, parents in sorted(closure.items())
-        if name not in direct_names
+        if name not in direct_names and name not in UNPINNED
     ]
     (ROOT / "requirements.txt").write_text("\n".join(head + locked) + "\n")
     pins = [line.split("#")[0].strip() for line in head + locked if line.strip() and not line.startswith("#")]

@@ -72,3 +72,32 @@ def training_run_cost(flops: float, instance: Instance, instances: int = 1, mfu:
     price = instance.hourly_price_usd
     cost = hours * instances * price if price is not None else float("nan")
     return {"hours": hours, "days": hours / 24, "cost_usd": cost}
+
+
+@dataclass(frozen=True)
+class AcceleratorSpec:
+    """One accelerator chip as its maker specifies it (notebook 04): memory (GB) and its bandwidth (GB/s), dense
+    peak TFLOP/s in bf16 and fp8 (None: no fp8 units), the links between chips in one instance, and what AWS rents
+    it for."""
+
+    name: str
+    memory_gb: float
+    memory_bandwidth_gbs: float
+    bf16_tflops: float
+    fp8_tflops: float | None
+    chip_interconnect: str
+    instance_network: str
+    used_for: str
+    source: str
+
+
+ACCELERATOR_SPECS = (
+    AcceleratorSpec("NVIDIA A100 40GB SXM", 40, 1555, 312, None, "NVLink 600 GB/s", "p4d: EFA 400 Gb/s",
+                    "training", "NVIDIA A100 datasheet; AWS P4d page"),
+    AcceleratorSpec("NVIDIA H100 80GB SXM", 80, 3350, 989, 1979, "NVLink 900 GB/s", "p5: EFA 3,200 Gb/s",
+                    "training", "NVIDIA H100 datasheet; AWS P5 page"),
+    AcceleratorSpec("AWS Trainium", 32, 820, 190, 190, "NeuronLink-v2", "trn1.32xlarge: EFA 800 Gb/s",
+                    "training", "AWS Neuron docs, Trainium architecture"),
+    AcceleratorSpec("AWS Inferentia2", 32, 820, 190, 190, "NeuronLink-v2", "inf2.48xlarge: 100 Gb/s",
+                    "inference", "AWS Neuron docs, Inferentia2 architecture"),
+)  # fmt: skip

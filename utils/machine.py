@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import statistics
+import time
 from typing import Any
 
 import psutil
@@ -115,3 +116,17 @@ def measure_matmul_throughput(
         if len(measurement.times) > 1
         else 0.0,
     }
+
+
+def measure_memory_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """Measured main-memory bandwidth in GB/s: the median time to copy a `megabytes` fp32 buffer into another,
+    counting the bytes read plus the bytes written (STREAM's "copy" convention, McCalpin 1995). Use a buffer much
+    larger than the CPU caches, or the figure measures the cache."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    times = []
+    for _ in range(repeats + 1):  # the first copy also faults the pages in; it is dropped
+        start = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - start)
+    return 2 * source.numel() * 4 / statistics.median(times[1:]) / 1e9

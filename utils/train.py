@@ -83,6 +83,13 @@ def parser() -> argparse.ArgumentParser:
     add("checkpoint-every", type=int, default=50, help="steps between checkpoints (0: only on SIGTERM and at the end)")
     add("keep-checkpoints", type=int, default=2, help="checkpoints kept on disk")
     add("peak-flops", type=float, default=0.0, help="device peak FLOP/s for MFU (0: measure a matmul at start)")
+    add(
+        "preflight-gflops",
+        type=float,
+        default=0.0,
+        help="before training, check devices, a tiny all-reduce and that a matmul reaches this many GFLOP/s per rank",
+    )
+    add("preflight-tolerance", type=float, default=0.5, help="pre-flight passes above this fraction of the expectation")
     add("seed", type=int, default=0, help="seed for the model, the data order and every RNG")
     add("fail-at-step", type=int, default=0, help="testing aid: rank 1 (or 0 alone) dies once at this step")
     return p
@@ -161,6 +168,29 @@ def setup_distributed() -> tuple[int, int, torch.device]:
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
     return rank, world, torch.device("cpu")
+
+
+def preflight(device: torch.device, world: int, expected_gflops: float, tolerance: float) -> list[str]:
+    """Health checks every rank runs before training (notebook 08): the device is visible, a one-element all-reduce
+    over all ranks returns the world size, and a 1024 x 1024 fp32 matmul reaches `tolerance` x `expected_gflops`.
+    Returns one line per check; raises RuntimeError naming the failed check, so a bad host stops the job in
+    seconds instead of slowing every rank for hours."""
+    lines = []
+    if device.type == "cuda" and torch.cuda.device_count() <= device.index:
+        raise RuntimeError(f"pre-flight: {device} not visible ({torch.cuda.device_count()} GPUs); check the driver")
+    lines.append(f"device {device} visible")
+    if world > 1:
+        ones = torch.ones(1, device=device)
+        dist.all_reduce(ones)
+        if int(ones.item()) != world:
+            raise RuntimeError(f"pre-flight: all-reduce returned {ones.item()}, expected {world}: check the network")
+        lines.append(f"all-reduce over {world} ranks correct")
+    measured = measure_matmul_throughput(1024, torch.float32, device.type, min_run_time=0.2)["gflops"]
+    if measured < tolerance * expected_gflops:
+        raise RuntimeError(f"pre-flight: matmul at {measured:.0f} GFLOP/s, below {tolerance:.0%} of the expected "
+                           f"{expected_gflops:.0f}: a throttled or shared device")  # fmt: skip
+    lines.append(f"matmul {measured:.0f} GFLOP/s (expected >= {tolerance * expected_gflops:g})")
+    return lines
 
 
 def choose_precision(requested: str, device: torch.device) -> tuple[torch.dtype, str]:
@@ -329,6 +359,13 @@ def log(record: dict[str, float], output: Path) -> None:
 def train(settings: argparse.Namespace) -> dict[str, Any]:
     """Run (or resume) the training run `settings` describes; returns a summary. Every rank calls this."""
     rank, world, device = setup_distributed()
+    if settings.preflight_gflops:
+        try:
+            checks = preflight(device, world, settings.preflight_gflops, settings.preflight_tolerance)
+        except RuntimeError as error:
+            print(f"rank {rank}: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
+        print(f"rank {rank} pre-flight passed: " + "; ".join(checks), flush=True)
     stopper = Stopper()
     dtype, precision_note = choose_precision(settings.precision, device)
     folder = training_data_dir(settings.data)

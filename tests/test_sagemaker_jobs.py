@@ -1,0 +1,160 @@
+"""SageMaker requests built by utils.sagemaker_jobs, sent to moto's emulator with botocore's validation on, and
+compared with reviewed JSON snapshots (tests/snapshots/). Regenerate a snapshot after a deliberate change with
+UPDATE_SNAPSHOTS=1 and review the diff."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ParamValidationError
+
+from utils import sagemaker_jobs as J
+from utils import sagemaker_local as L
+
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+HYPERPARAMETERS = {"steps": 100, "strategy": "ddp", "checkpoint-every": 20}
+
+
+def normalised(request: dict) -> dict:
+    """Timestamps in generated names and S3 keys replaced, so snapshots compare across runs."""
+    text = json.dumps(request, indent=1, sort_keys=True)
+    text = re.sub(r"-\d{14}(?=[\"/-])", "-<time>", text)
+    text = re.sub(r"-\d{6}-\d{4}(?=[\"/-])", "-<time>", text)
+    text = re.sub(r"tuning-\d{10}", "tuning-<time>", text)
+    return json.loads(text)
+
+
+def matches_snapshot(name: str, request: dict) -> bool:
+    path = SNAPSHOTS / f"{name}.json"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1":
+        path.write_text(json.dumps(normalised(request), indent=1, sort_keys=True) + "\n")
+    return normalised(request) == json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return L.stage_source(tmp_path_factory.mktemp("job") / "code")
+
+
+@pytest.fixture
+def aws(tmp_path):
+    with J.offline_sagemaker() as connection:
+        data = tmp_path / "shards"
+        data.mkdir()
+        (data / "index.json").write_text("{}")
+        connection.data_uri = J.upload_channel(connection, data, "course/shards")
+        yield connection
+
+
+def test_offline_mode_is_said_and_uses_a_placeholder_role(aws):
+    assert aws.offline and aws.mode.startswith("offline") and aws.role == J.OFFLINE_ROLE
+    assert aws.data_uri == f"s3://sagemaker-us-east-1-{J.OFFLINE_ACCOUNT}/course/shards"
+
+
+def test_spot_training_job_request(aws, source):
+    trainer = J.gpt_trainer(aws, source, HYPERPARAMETERS, instance_type="ml.g5.12xlarge", instance_count=2,
+                            processes_per_host=4, spot=True, max_run_seconds=3600,
+                            checkpoint_s3_uri="s3://bucket/course/checkpoints")  # fmt: skip
+    job = J.start_training(trainer, aws.data_uri)
+    request = aws.last_request("CreateTrainingJob")
+    assert request["EnableManagedSpotTraining"] and request["StoppingCondition"]["MaxWaitTimeInSeconds"] == 7200
+    assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    assert {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]} >= {"train:loss"}
+    assert job.training_job_name == request["TrainingJobName"]
+    assert matches_snapshot("create_training_job_spot", request)
+
+
+def test_warm_pool_job_request(aws, source):
+    trainer = J.gpt_trainer(aws, source, HYPERPARAMETERS, instance_type="ml.g5.xlarge", warm_pool_seconds=1800)
+    J.start_training(trainer, aws.data_uri)
+    request = aws.last_request("CreateTrainingJob")
+    assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 1800 and not request["EnableManagedSpotTraining"]
+    assert matches_snapshot("create_training_job_warm_pool", request)
+
+
+def test_tuning_job_request(aws, source):
+    tuner = J.gpt_tuner(J.gpt_trainer(aws, source, HYPERPARAMETERS), max_jobs=6, max_parallel_jobs=2)
+    J.start_tuning(tuner, aws.data_uri)
+    request = aws.last_request("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "train:loss"}
+    assert request["TrainingJobDefinition"]["StaticHyperParameters"]["sagemaker_program"] == "train.py"
+    assert matches_snapshot("create_hyper_parameter_tuning_job", request)
+
+
+def test_pipeline_definition_and_request(aws, source):
+    pipeline = J.gpt_pipeline(aws, source, HYPERPARAMETERS, aws.data_uri, instance_type="ml.g5.2xlarge")
+    definition = json.loads(pipeline.definition())
+    step = definition["Steps"][0]
+    assert step["Type"] == "Training"
+    assert step["Arguments"]["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    pipeline.upsert(role_arn=aws.role)
+    assert aws.last_request("CreatePipeline")["PipelineName"] == "course-gpt-pipeline"
+    assert matches_snapshot("pipeline_definition", definition)
+
+
+def test_botocore_rejects_a_malformed_request(aws):
+    client = aws.session.boto_session.client("sagemaker")
+    with pytest.raises(ParamValidationError, match="InstanceCount"):
+        client.create_training_job(TrainingJobName="x", RoleArn=aws.role, OutputDataConfig={"S3OutputPath": "s3://b"},
+                                   AlgorithmSpecification={"TrainingImage": "i", "TrainingInputMode": "File"},
+                                   ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": "two",
+                                                   "VolumeSizeInGB": 30},
+                                   StoppingCondition={"MaxRuntimeInSeconds": 60})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"instance_type": "ml.g5.xlarg"}, "did you mean ml.g5.xlarge"),
+        ({"instance_type": "p4d.24xlarge"}, "not a SageMaker training instance type"),
+        ({"base_job_name": "course_gpt"}, "letters, digits and hyphens"),
+        ({"spot": True, "warm_pool_seconds": 600}, "warm pools cannot be used with spot"),
+        ({"spot": True, "max_run_seconds": 3600, "max_wait_seconds": 600}, "must be at least max run"),
+        ({"instance_count": 0}, "at least 1"),
+        ({"warm_pool_seconds": 10**6}, "warm_pool_seconds must be"),
+    ],
+)
+def test_bad_settings_fail_before_any_request(aws, source, options, message):
+    before = len(aws.requests)
+    with pytest.raises(ValueError, match=message):
+        J.gpt_trainer(aws, source, HYPERPARAMETERS, **options)
+    assert len(aws.requests) == before
+
+
+def test_missing_source_and_data_fail_clearly(aws, tmp_path):
+    with pytest.raises(FileNotFoundError, match="stage_source"):
+        J.gpt_trainer(aws, tmp_path, HYPERPARAMETERS)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        J.upload_channel(aws, tmp_path / "missing", "x")
+
+
+def test_live_mode_without_a_role_fails_before_any_request(monkeypatch):
+    monkeypatch.delenv(J.ROLE_VARIABLE, raising=False)
+    with pytest.raises(ValueError, match="SAGEMAKER_ROLE_ARN"):
+        J.connect(offline=False)
+    with pytest.raises(ValueError, match="not an IAM role ARN"):
+        J.connect(role="my-role", offline=False)
+
+
+def test_images_for_cpu_gpu_and_neuron():
+    assert J.container_image("ml.m5.xlarge").endswith("pytorch-training:2.6.0-cpu-py312")
+    assert J.container_image("ml.p5.48xlarge").endswith("pytorch-training:2.6.0-gpu-py312")
+    assert "pytorch-training-neuron" in J.container_image("ml.trn1.32xlarge")
+    assert "inference-neuronx" in J.container_image("ml.inf2.xlarge", scope="inference")
+
+
+def test_dockerfile_extends_the_sdk_image_and_pins_like_the_course():
+    dockerfile = (L.REPO / "container" / "Dockerfile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M).group(1)
+    assert base == J.container_image("ml.g5.xlarge")
+    assert "FROM ${BASE_IMAGE}" in dockerfile and "COPY train.py /opt/ml/code/train.py" in dockerfile
+    for line in re.findall(r"^COPY (\S+)", dockerfile, re.M):
+        assert (L.REPO / line).exists(), line
+    course = dict(line.split("  #")[0].split("==") for line in (L.REPO / "requirements.txt").read_text().splitlines()
+                  if "==" in line)  # fmt: skip
+    container = [line for line in (L.REPO / "container" / "requirements.txt").read_text().splitlines()
+                 if "==" in line]  # fmt: skip
+    assert container and all(course[name] == version for name, version in (line.split("==") for line in container))

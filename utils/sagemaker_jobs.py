@@ -1,0 +1,336 @@
+"""SageMaker training jobs, tuning jobs and pipelines for the course's training program, with or without AWS.
+
+Defined for notebooks 04 and 08 (book chapters 4 and 8); the only course module that imports the SageMaker Python
+SDK (v3: `sagemaker.train.ModelTrainer`, `sagemaker.core`, `sagemaker.mlops`).
+
+Two modes, one code path. `connect()` looks for AWS credentials:
+- **live**: credentials and an IAM role ARN (argument, or `SAGEMAKER_ROLE_ARN`) exist. Requests go to AWS and start
+  real, billed jobs.
+- **offline** (no credentials: a learner's laptop, CI): `moto`'s in-process AWS emulator answers instead. botocore
+  still validates every request against SageMaker's published API model before "sending" it, so a wrong field name,
+  type or missing parameter fails exactly as it would against AWS; moto does not check enumerations or name
+  patterns, so this module checks instance types, job names and limits against the same API model itself. Nothing
+  runs in offline mode: a job's emulated status is not a trained model (notebook 08 runs the job locally with
+  `utils.sagemaker_local` for that).
+
+Every request is recorded (`Connection.requests`) as the JSON botocore sends, so notebooks print and tests
+snapshot them. Depends on `utils.sagemaker_local` (the staged source folder and the metric regexes).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.session
+
+from utils.sagemaker_local import METRIC_DEFINITIONS
+
+ROLE_VARIABLE = "SAGEMAKER_ROLE_ARN"
+DEFAULT_REGION = "us-east-1"
+OFFLINE_ACCOUNT = "123456789012"  # moto's fixed account id
+OFFLINE_ROLE = f"arn:aws:iam::{OFFLINE_ACCOUNT}:role/CourseSageMakerRole"
+# AWS Deep Learning Container versions in sagemaker-core 2.27's offline image table: PyTorch for CPU and GPU; for
+# Trainium training, `image_uris.retrieve` accepts only the `pytorch` framework, whose newest Neuron training image
+# in the table is PyTorch 1.11; for Inferentia inference, the Hugging Face Neuron (neuronx) image.
+PYTORCH_VERSION, PYTHON_VERSION = "2.6.0", "py312"
+NEURON_TRAINING_PYTORCH = "1.11.0"
+NEURON_TRANSFORMERS, NEURON_INFERENCE_PYTORCH = "4.55.4", "pytorch2.8.0"
+CHECKPOINTS_IN_CONTAINER = "/opt/ml/checkpoints"  # utils.train's default checkpoint folder on SageMaker
+
+
+def _api_model():
+    return botocore.session.get_session().get_service_model("sagemaker")
+
+
+def instance_types(kind: str = "training") -> list[str]:
+    """Instance types SageMaker's API model accepts: `training` (TrainingInstanceType) or `inference`
+    (ProductionVariantInstanceType), from the botocore installed here."""
+    shape = {"training": "TrainingInstanceType", "inference": "ProductionVariantInstanceType"}[kind]
+    return list(_api_model().shape_for(shape).enum)
+
+
+def validate_instance_type(name: str, kind: str = "training") -> str:
+    """`name` if SageMaker accepts it for `kind`, else ValueError naming the closest valid types."""
+    valid = instance_types(kind)
+    if name not in valid:
+        close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (SageMaker names look like ml.g5.xlarge)"
+        raise ValueError(f"{name!r} is not a SageMaker {kind} instance type{hint}")
+    return name
+
+
+def validate_job_name(name: str) -> str:
+    """`name` if it fits SageMaker's TrainingJobName pattern (1-63 letters, digits and single hyphens inside), else
+    ValueError. The SDK appends a 15-character timestamp to base job names, so keep those to 47 characters."""
+    shape = _api_model().shape_for("TrainingJobName").metadata
+    if not (shape["min"] <= len(name) <= shape["max"]) or not re.fullmatch(shape["pattern"], name):
+        raise ValueError(f"job name {name!r}: use 1-63 letters, digits and hyphens, starting with a letter or digit")
+    return name
+
+
+def container_image(instance_type: str, region: str = DEFAULT_REGION, scope: str = "training") -> str:
+    """The AWS Deep Learning Container image URI for `instance_type` and `scope` (training or inference) from the
+    SDK's offline image table: PyTorch images on CPU and GPU instances, Neuron images on Trainium and Inferentia."""
+    from sagemaker.core import image_uris
+
+    family = instance_type.split(".")[1]
+    if family.startswith("trn") and scope == "training":
+        return image_uris.retrieve("pytorch", region=region, version=NEURON_TRAINING_PYTORCH, py_version="py38",
+                                   instance_type=instance_type, image_scope=scope)  # fmt: skip
+    if family.startswith(("trn", "inf")):
+        return image_uris.retrieve("huggingface", region=region, version=NEURON_TRANSFORMERS, py_version="py310",
+                                   base_framework_version=NEURON_INFERENCE_PYTORCH, inference_tool="neuronx",
+                                   instance_type=instance_type, image_scope=scope)  # fmt: skip
+    return image_uris.retrieve("pytorch", region=region, version=PYTORCH_VERSION, py_version=PYTHON_VERSION,
+                               instance_type=instance_type, image_scope=scope)  # fmt: skip
+
+
+def _strip_empty(value: Any) -> Any:
+    """moto answers some describe calls with empty `{}` structures that sagemaker-core's models reject."""
+    if isinstance(value, dict):
+        return {k: _strip_empty(v) for k, v in value.items() if v != {}}
+    if isinstance(value, list):
+        return [_strip_empty(v) for v in value]
+    return value
+
+
+@dataclass
+class Connection:
+    """A SageMaker session and how it was made. `requests` holds (operation, parameters) for every SageMaker call."""
+
+    session: Any  # sagemaker.core.helper.session_helper.Session
+    role: str
+    region: str
+    offline: bool
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _emulator: Any = None
+
+    @property
+    def mode(self) -> str:
+        return "offline (moto emulator: requests validated, nothing runs)" if self.offline else "live (AWS)"
+
+    def last_request(self, operation: str) -> dict[str, Any]:
+        """The parameters of the latest `operation` call (for example CreateTrainingJob), as sent."""
+        for name, parameters in reversed(self.requests):
+            if name == operation:
+                return parameters
+        raise LookupError(f"no {operation} request was made; calls so far: {[n for n, _ in self.requests]}")
+
+    def close(self) -> None:
+        """Stop the emulator (offline mode); a no-op live."""
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+
+
+def has_aws_credentials() -> bool:
+    """True when boto3 finds credentials (environment, ~/.aws, SSO, instance role): that is live mode."""
+    return boto3.Session().get_credentials() is not None
+
+
+def connect(role: str | None = None, region: str | None = None, offline: bool | None = None) -> Connection:
+    """A SageMaker session, live when AWS credentials exist and offline otherwise (or as forced by `offline`).
+
+    Live mode needs an IAM role SageMaker can assume: `role`, else $SAGEMAKER_ROLE_ARN; without one this fails
+    here, before any request. Offline mode starts moto's emulator (fake credentials, S3 and SageMaker in memory)
+    until `Connection.close()`; its role is a placeholder in moto's account."""
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
+    offline = not has_aws_credentials() if offline is None else offline
+    emulator = None
+    if offline:
+        from moto import mock_aws
+
+        os.environ.update(AWS_ACCESS_KEY_ID="offline", AWS_SECRET_ACCESS_KEY="offline", AWS_DEFAULT_REGION=region,
+                          SAGEMAKER_VALIDATE_ROLE="false")  # fmt: skip
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+        emulator = mock_aws()
+        emulator.start()
+        role = role or OFFLINE_ROLE
+    else:
+        role = role or os.environ.get(ROLE_VARIABLE)
+        if not role:
+            raise ValueError(
+                f"live mode needs an IAM role for SageMaker: pass role='arn:aws:iam::<account>:role/<name>' or set "
+                f"{ROLE_VARIABLE} (or run without credentials for offline mode)"
+            )
+    if not re.fullmatch(r"arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@/-]+", role):
+        raise ValueError(f"{role!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)")
+    from sagemaker.core.helper.session_helper import Session
+
+    boto_session = boto3.Session(region_name=region)
+    connection = Connection(session=None, role=role, region=region, offline=offline, _emulator=emulator)
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        connection.requests.append((model.name, json.loads(json.dumps(params, default=str))))
+
+    boto_session.events.register("provide-client-params.sagemaker.*", record)
+    if offline:
+        boto_session.events.register("after-call.sagemaker.*", lambda parsed, **_: parsed.update(_strip_empty(parsed)))
+    connection.session = Session(boto_session=boto_session)
+    return connection
+
+
+@contextmanager
+def offline_sagemaker(region: str = DEFAULT_REGION) -> Iterator[Connection]:
+    """`connect(offline=True)` as a context manager that always stops the emulator."""
+    connection = connect(region=region, offline=True)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def upload_channel(connection: Connection, folder: str | Path, prefix: str) -> str:
+    """Upload a local folder to the session's default bucket under `prefix`; returns its s3:// URI (a channel)."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder: write the training data first")
+    return connection.session.upload_data(str(folder), key_prefix=prefix)
+
+
+def spot_stopping_condition(max_run_seconds: int, max_wait_seconds: int | None = None) -> Any:
+    """StoppingCondition for managed spot training: MaxRuntimeInSeconds caps compute time, MaxWaitTimeInSeconds caps
+    compute plus time spent waiting for spot capacity (and restarting after interruptions), so it must be at least
+    the run time. Default wait: twice the run time."""
+    from sagemaker.core.training.configs import StoppingCondition
+
+    max_wait_seconds = max_wait_seconds or 2 * max_run_seconds
+    if max_wait_seconds < max_run_seconds:
+        raise ValueError(f"max wait ({max_wait_seconds} s) must be at least max run ({max_run_seconds} s): it counts "
+                         "the run itself plus time waiting for spot capacity")  # fmt: skip
+    return StoppingCondition(max_runtime_in_seconds=max_run_seconds, max_wait_time_in_seconds=max_wait_seconds)
+
+
+def gpt_trainer(
+    connection: Connection,
+    source_dir: str | Path,
+    hyperparameters: dict[str, Any],
+    instance_type: str = "ml.g5.xlarge",
+    instance_count: int = 1,
+    processes_per_host: int | None = None,
+    spot: bool = False,
+    max_run_seconds: int = 3600,
+    max_wait_seconds: int | None = None,
+    warm_pool_seconds: int = 0,
+    checkpoint_s3_uri: str | None = None,
+    image: str | None = None,
+    base_job_name: str = "course-gpt",
+    install_requirements: bool = True,
+) -> Any:
+    """A ModelTrainer for the course's training program (`train.py` in `source_dir`, staged by
+    `utils.sagemaker_local.stage_source`) under torchrun: `instance_count` hosts x `processes_per_host` ranks (default:
+    one per GPU), metrics scraped from its `key=value;` lines, checkpoints synced between /opt/ml/checkpoints and S3
+    (needed for spot: a restarted job resumes from them). Everything is checked before any request: instance type,
+    job name, spot wait >= run, warm pool length and that warm pools are not combined with spot (SageMaker refuses
+    that combination). `image` defaults to the PyTorch DLC for the instance; `install_requirements` makes the
+    container pip-install requirements-container.txt first (not needed with the course image from
+    container/Dockerfile)."""
+    from sagemaker.core.training.configs import CheckpointConfig, Compute, SourceCode, StoppingCondition
+    from sagemaker.train import ModelTrainer
+    from sagemaker.train.distributed import Torchrun
+
+    validate_instance_type(instance_type)
+    validate_job_name(base_job_name)
+    if len(base_job_name) > 47:
+        raise ValueError(f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character suffix")
+    if instance_count < 1:
+        raise ValueError(f"instance_count must be at least 1, got {instance_count}")
+    keep_alive_max = _api_model().shape_for("KeepAlivePeriodInSeconds").metadata["max"]
+    if not 0 <= warm_pool_seconds <= keep_alive_max:
+        raise ValueError(f"warm_pool_seconds must be 0..{keep_alive_max}, got {warm_pool_seconds}")
+    if spot and warm_pool_seconds:
+        raise ValueError("SageMaker warm pools cannot be used with spot instances: choose spot or warm_pool_seconds")
+    if not (Path(source_dir) / "train.py").is_file():
+        raise FileNotFoundError(f"{source_dir}/train.py not found: stage it with utils.sagemaker_local.stage_source")
+    requirements = "requirements-container.txt" if install_requirements else None
+    stopping = (spot_stopping_condition(max_run_seconds, max_wait_seconds) if spot
+                else StoppingCondition(max_runtime_in_seconds=max_run_seconds))  # fmt: skip
+    checkpoints = CheckpointConfig(s3_uri=checkpoint_s3_uri, local_path=CHECKPOINTS_IN_CONTAINER)
+    compute = Compute(instance_type=instance_type, instance_count=instance_count, enable_managed_spot_training=spot,
+                      keep_alive_period_in_seconds=warm_pool_seconds or None)  # fmt: skip
+    trainer = ModelTrainer(
+        sagemaker_session=connection.session,
+        role=connection.role,
+        base_job_name=base_job_name,
+        training_image=image or container_image(instance_type, connection.region),
+        source_code=SourceCode(source_dir=str(source_dir), entry_script="train.py", requirements=requirements),
+        distributed=Torchrun(process_count_per_node=processes_per_host),
+        compute=compute,
+        stopping_condition=stopping,
+        checkpoint_config=checkpoints,
+        hyperparameters=dict(hyperparameters),
+    )
+    return trainer.with_metric_definitions(_metric_definitions())
+
+
+def _metric_definitions() -> list[Any]:
+    from sagemaker.core.shapes import MetricDefinition
+
+    return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
+
+
+def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wait: bool = False) -> Any:
+    """Start the job (CreateTrainingJob) with one data channel; returns sagemaker-core's TrainingJob. Live with
+    `wait=True` it streams the job's logs until it ends."""
+    from sagemaker.core.training.configs import InputData
+
+    if not data_s3_uri.startswith("s3://"):
+        raise ValueError(f"the data channel must be an s3:// URI (upload_channel makes one), got {data_s3_uri!r}")
+    trainer.train(input_data_config=[InputData(channel_name=channel, data_source=data_s3_uri)], wait=wait, logs=wait)
+    return trainer._latest_training_job
+
+
+def gpt_tuner(trainer: Any, max_jobs: int = 8, max_parallel_jobs: int = 2) -> Any:
+    """A HyperparameterTuner over the trainer's learning rate (log scale, 1e-4..3e-3) and warm-up (0..50 steps),
+    minimising the scraped training loss with Bayesian search. Tuning jobs run the older script-mode contract
+    (the SDK sets sagemaker_program and uploads sourcedir.tar.gz), which the training toolkit runs. Trials run
+    without checkpointing: SDK 3.27 sends the trainer's CheckpointConfig without the S3 URI it fills in for plain
+    training jobs (botocore rejects that request), and one fixed URI would be shared by every trial."""
+    from sagemaker.core.parameter import ContinuousParameter, IntegerParameter
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    trainer.checkpoint_config = None
+    ranges = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"), "warmup": IntegerParameter(0, 50)}
+    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="train:loss", objective_type="Minimize",
+                               hyperparameter_ranges=ranges, metric_definitions=METRIC_DEFINITIONS,
+                               max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
+                               base_tuning_job_name=f"{trainer.base_job_name}-tune")  # fmt: skip
+
+
+def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training") -> Any:
+    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner."""
+    from sagemaker.core.training.configs import InputData
+
+    tuner.tune(inputs=[InputData(channel_name=channel, data_source=data_s3_uri)], wait=False)
+    return tuner
+
+
+def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters: dict[str, Any], data_s3_uri: str,
+                 name: str = "course-gpt-pipeline", **trainer_options: Any) -> Any:  # fmt: skip
+    """A one-step SageMaker Pipeline that trains the GPT, with the instance type as a pipeline parameter. Its
+    `definition()` is the JSON SageMaker stores; `upsert(role_arn=...)` creates or updates it (CreatePipeline)."""
+    from sagemaker.core.training.configs import InputData
+    from sagemaker.core.workflow.parameters import ParameterString
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TrainingStep
+
+    validate_job_name(name)
+    pipeline_session = PipelineSession(boto_session=connection.session.boto_session)
+    default_type = trainer_options.pop("instance_type", "ml.g5.xlarge")
+    instance_type = ParameterString(name="TrainingInstanceType", default_value=default_type)
+    trainer = gpt_trainer(connection, source_dir, hyperparameters, instance_type=instance_type.default_value,
+                          **trainer_options)  # fmt: skip
+    trainer.sagemaker_session = pipeline_session
+    trainer.compute.instance_type = instance_type
+    step_args = trainer.train(input_data_config=[InputData(channel_name="training", data_source=data_s3_uri)])
+    step = TrainingStep(name="TrainGPT", step_args=step_args)
+    return Pipeline(name=name, parameters=[instance_type], steps=[step], sagemaker_session=pipeline_session)
