@@ -158,3 +158,25 @@ def test_dockerfile_extends_the_sdk_image_and_pins_like_the_course():
     container = [line for line in (L.REPO / "container" / "requirements.txt").read_text().splitlines()
                  if "==" in line]  # fmt: skip
     assert container and all(course[name] == version for name, version in (line.split("==") for line in container))
+
+
+def test_no_credentials_means_offline_even_where_the_metadata_address_is_blocked(monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    assert not J.has_aws_credentials()  # pytest-socket blocks 169.254.169.254 here
+
+
+def test_the_data_channel_must_be_in_s3(aws, source):
+    with pytest.raises(ValueError, match="s3:// URI"):
+        J.start_training(J.gpt_trainer(aws, source, HYPERPARAMETERS), "runs/shards")
+
+
+def test_reconnecting_offline_and_closing_restore_the_environment(monkeypatch):
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    first = J.connect(offline=True)
+    second = J.connect()  # a rerun notebook cell: the first emulator's fake keys must not look like real ones
+    assert second.offline and first._emulator is None
+    second.close()
+    assert "AWS_ACCESS_KEY_ID" not in os.environ

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.exceptions
 import botocore.session
 
 from utils.sagemaker_local import METRIC_DEFINITIONS
@@ -113,6 +114,7 @@ class Connection:
     offline: bool
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     _emulator: Any = None
+    _saved_environment: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def mode(self) -> str:
@@ -126,15 +128,32 @@ class Connection:
         raise LookupError(f"no {operation} request was made; calls so far: {[n for n, _ in self.requests]}")
 
     def close(self) -> None:
-        """Stop the emulator (offline mode); a no-op live."""
+        """Stop the emulator and put back the environment variables offline mode set; a no-op live."""
+        global _active_offline
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environment = {}
+        if _active_offline is self:
+            _active_offline = None
+
+
+_active_offline: Connection | None = None  # one emulator at a time: connecting again closes the previous one
 
 
 def has_aws_credentials() -> bool:
-    """True when boto3 finds credentials (environment, ~/.aws, SSO, instance role): that is live mode."""
-    return boto3.Session().get_credentials() is not None
+    """True when boto3 finds credentials (environment, ~/.aws, SSO, instance role): that is live mode. The last
+    step of boto3's search asks the EC2 instance metadata address; where the network refuses that (a sandbox, a
+    test run), there are no credentials."""
+    try:
+        return boto3.Session().get_credentials() is not None
+    except botocore.exceptions.BotoCoreError:
+        return False
 
 
 def connect(role: str | None = None, region: str | None = None, offline: bool | None = None) -> Connection:
@@ -143,31 +162,40 @@ def connect(role: str | None = None, region: str | None = None, offline: bool | 
     Live mode needs an IAM role SageMaker can assume: `role`, else $SAGEMAKER_ROLE_ARN; without one this fails
     here, before any request. Offline mode starts moto's emulator (fake credentials, S3 and SageMaker in memory)
     until `Connection.close()`; its role is a placeholder in moto's account."""
+    global _active_offline
+    if _active_offline is not None:  # its fake credentials would otherwise look like real ones
+        _active_offline.close()
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or DEFAULT_REGION
     offline = not has_aws_credentials() if offline is None else offline
-    emulator = None
+    role = role or (OFFLINE_ROLE if offline else os.environ.get(ROLE_VARIABLE))
+    if not role:
+        raise ValueError(
+            f"live mode needs an IAM role for SageMaker: pass role='arn:aws:iam::<account>:role/<name>' or set "
+            f"{ROLE_VARIABLE} (or run without credentials for offline mode)"
+        )
+    if not re.fullmatch(r"arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@/-]+", role):
+        raise ValueError(f"{role!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)")
+    emulator, saved = None, {}
     if offline:
         from moto import mock_aws
 
-        os.environ.update(AWS_ACCESS_KEY_ID="offline", AWS_SECRET_ACCESS_KEY="offline", AWS_DEFAULT_REGION=region,
-                          SAGEMAKER_VALIDATE_ROLE="false")  # fmt: skip
-        os.environ.pop("AWS_SESSION_TOKEN", None)
+        settings = {"AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline", "AWS_SESSION_TOKEN": None,
+                    "AWS_DEFAULT_REGION": region, "SAGEMAKER_VALIDATE_ROLE": "false"}  # fmt: skip
+        for name, value in settings.items():
+            saved[name] = os.environ.get(name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         emulator = mock_aws()
         emulator.start()
-        role = role or OFFLINE_ROLE
-    else:
-        role = role or os.environ.get(ROLE_VARIABLE)
-        if not role:
-            raise ValueError(
-                f"live mode needs an IAM role for SageMaker: pass role='arn:aws:iam::<account>:role/<name>' or set "
-                f"{ROLE_VARIABLE} (or run without credentials for offline mode)"
-            )
-    if not re.fullmatch(r"arn:aws[a-z\-]*:iam::\d{12}:role/[\w+=,.@/-]+", role):
-        raise ValueError(f"{role!r} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)")
     from sagemaker.core.helper.session_helper import Session
 
     boto_session = boto3.Session(region_name=region)
-    connection = Connection(session=None, role=role, region=region, offline=offline, _emulator=emulator)
+    connection = Connection(session=None, role=role, region=region, offline=offline, _emulator=emulator,
+                            _saved_environment=saved)  # fmt: skip
+    if offline:
+        _active_offline = connection
 
     def record(params: dict[str, Any], model: Any, **_: Any) -> None:
         connection.requests.append((model.name, json.loads(json.dumps(params, default=str))))

@@ -21,6 +21,7 @@ Standalone: standard library only (the toolkit is imported in the child process)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -187,6 +188,8 @@ def run_job(
         if time.perf_counter() - start > timeout:
             stop_job(process)
     returncode = process.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # no process of the job outlives it, as in a
+        os.killpg(process.pid, signal.SIGKILL)  # container, whose processes all end when its first one does
     return LocalJob(base, returncode, lines, scrape_metrics(lines), time.perf_counter() - start)
 
 
