@@ -39,7 +39,12 @@ def test_layout_is_what_the_toolkit_reads(tmp_path, shards, source):
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_toolkit_runs_the_entry_point_and_the_model_loads(tmp_path, shards, source, processes):
-    hyperparameters = TINY | {"steps": 4, "strategy": "ddp" if processes > 1 else "none"}
+    hyperparameters = TINY | {
+        "steps": 4,
+        "strategy": "ddp" if processes > 1 else "none",
+        "activation-checkpointing": True,
+        "compile": False,
+    }  # passed as `--compile False`
     job = L.run_job(L.write_job_folder(tmp_path, source, {"training": shards}, hyperparameters, processes))
     assert job.returncode == 0, "\n".join(job.log[-30:])
     assert f"training: {processes} rank(s)" in "\n".join(job.log)

@@ -132,9 +132,17 @@ def test_sagemaker_hyperparameters_and_channels(shards, tmp_path):
     assert settings.checkpoint_dir == T.SAGEMAKER_CHECKPOINTS
 
 
+def test_switches_accept_the_values_sagemaker_launchers_pass(shards):
+    # the training toolkit passes `--compile True`, ModelTrainer's drivers `--compile true`; people type `--compile`
+    for argv, expected in ((["--compile", "True"], True), (["--compile", "false"], False), (["--compile"], True),
+                           ([], False), (["--activation-checkpointing", "true", "--compile", "0"], False)):  # fmt: skip
+        assert T.parse_settings(["--data", str(shards), *argv], {}).compile is expected
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["--compile", "maybe"], "expected true or false"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--width", "30", "--heads", "4"], "multiple of --heads"),
         (["--strategy", "zero9"], "invalid choice"),

@@ -77,8 +77,9 @@ def parser() -> argparse.ArgumentParser:
     add("clip", type=float, default=1.0, help="gradient norm clipping (0: off)")
     add("strategy", choices=["none", "ddp", "fsdp"], default="none", help="how ranks share the work")
     add("precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on GPUs, fp32 on CPUs")
-    add("activation-checkpointing", action="store_true", help="recompute each block's activations in backward")
-    add("compile", action="store_true", help="torch.compile the model")
+    switch = {"nargs": "?", "const": True, "default": False, "type": switch_value, "metavar": "BOOL"}
+    add("activation-checkpointing", **switch, help="recompute each block's activations in backward")
+    add("compile", **switch, help="torch.compile the model")
     add("log-every", type=int, default=10, help="steps between metric lines")
     add("checkpoint-every", type=int, default=50, help="steps between checkpoints (0: only on SIGTERM and at the end)")
     add("keep-checkpoints", type=int, default=2, help="checkpoints kept on disk")
@@ -93,6 +94,16 @@ def parser() -> argparse.ArgumentParser:
     add("seed", type=int, default=0, help="seed for the model, the data order and every RNG")
     add("fail-at-step", type=int, default=0, help="testing aid: rank 1 (or 0 alone) dies once at this step")
     return p
+
+
+def switch_value(text: str) -> bool:
+    """An on/off flag's value. `--compile` alone means on; SageMaker's launchers pass every hyperparameter with a
+    value (`--compile True` from the training toolkit, `--compile true` from ModelTrainer's drivers), so both
+    spellings of both values are accepted."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
 
 
 def sagemaker_arguments(env: dict[str, str]) -> list[str]:
