@@ -91,3 +91,21 @@ def test_metric_regexes_scrape_the_programs_lines():
     found = L.scrape_metrics(["step=3; loss=4.25; lr=0.0003; tokens_per_s=1.2e+04; mfu=0.41;", "other text"])
     assert found == {"train:loss": [4.25], "train:lr": [0.0003], "train:tokens_per_second": [12000.0],
                      "train:mfu": [0.41]}  # fmt: skip
+
+
+def test_the_command_modeltrainers_torchrun_driver_builds_trains(tmp_path, shards, source):
+    """ModelTrainer jobs run `torchrun ... train.py --<hp> <value>` as built by the SDK's own driver; run that
+    command as the container would (code folder as working directory, SM_* variables set)."""
+    from utils import sagemaker_jobs as J
+
+    hyperparameters = TINY | {"steps": 3, "strategy": "ddp", "compile": False, "activation-checkpointing": True,
+                              "checkpoint-dir": str(tmp_path / "checkpoints")}  # fmt: skip
+    with J.offline_sagemaker() as aws:
+        trainer = J.gpt_trainer(aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=2)
+        command = J.driver_command(trainer)
+    assert command[:4] == ["torchrun", "--nnodes=1", "--nproc_per_node=2", "train.py"] and "false" in command
+    env = L.job_environment(tmp_path) | {"SM_CHANNEL_TRAINING": str(shards), "SM_MODEL_DIR": str(tmp_path / "model"),
+                                         "SM_HPS": json.dumps(hyperparameters)}  # fmt: skip
+    done = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training: 2 rank(s)" in done.stdout and (tmp_path / "model" / "model" / "model.safetensors").exists()

@@ -305,6 +305,32 @@ def _metric_definitions() -> list[Any]:
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
 
 
+def driver_command(trainer: Any, host_count: int | None = None) -> list[str]:
+    """The command that runs inside each container of this trainer's job, computed by SageMaker's own torchrun
+    driver (the SDK ships it to the job in the `sm_drivers` channel): `torchrun --nnodes=N --nproc_per_node=P
+    train.py --<hyperparameter> <value> ...`; with several hosts it adds the master address and node rank, shown here
+    as algo-1:7777 and rank 0 (SageMaker fills in the real ones). Lets you see, and test, what the entry point
+    receives without starting a job."""
+    from sagemaker.train.container_drivers.distributed_drivers import torchrun_driver
+
+    host_count = host_count or trainer.compute.instance_count
+    process_count = trainer.distributed.process_count_per_node if trainer.distributed else 1
+    container_env = {"SM_ENTRY_SCRIPT": trainer.source_code.entry_script, "SM_HPS": json.dumps(trainer.hyperparameters),
+                     "SM_DISTRIBUTED_CONFIG": json.dumps({"process_count_per_node": process_count}),
+                     "SM_HOST_COUNT": str(host_count), "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777",
+                     "SM_CURRENT_HOST_RANK": "0"}  # fmt: skip
+    saved = {name: os.environ.get(name) for name in container_env}
+    os.environ.update(container_env)
+    try:
+        return torchrun_driver.create_commands()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wait: bool = False) -> Any:
     """Start the job (CreateTrainingJob) with one data channel; returns sagemaker-core's TrainingJob. Live with
     `wait=True` it streams the job's logs until it ends."""
