@@ -55,12 +55,15 @@ def test_offline_mode_is_said_and_uses_a_placeholder_role(aws):
 
 def test_spot_training_job_request(aws, source):
     trainer = J.gpt_trainer(aws, source, HYPERPARAMETERS, instance_type="ml.g5.12xlarge", instance_count=2,
-                            processes_per_host=4, spot=True, max_run_seconds=3600,
+                            processes_per_host=4, spot=True, max_run_seconds=3600, retries=2,
                             checkpoint_s3_uri="s3://bucket/course/checkpoints")  # fmt: skip
     job = J.start_training(trainer, aws.data_uri)
     request = aws.last_request("CreateTrainingJob")
     assert request["EnableManagedSpotTraining"] and request["StoppingCondition"]["MaxWaitTimeInSeconds"] == 7200
     assert request["CheckpointConfig"]["LocalPath"] == "/opt/ml/checkpoints"
+    assert request["InfraCheckConfig"] == {"EnableInfraCheck": True} and request["RetryStrategy"] == {
+        "MaximumRetryAttempts": 2
+    }
     assert {d["Name"] for d in request["AlgorithmSpecification"]["MetricDefinitions"]} >= {"train:loss"}
     assert job.training_job_name == request["TrainingJobName"]
     assert matches_snapshot("create_training_job_spot", request)
@@ -71,6 +74,7 @@ def test_warm_pool_job_request(aws, source):
     J.start_training(trainer, aws.data_uri)
     request = aws.last_request("CreateTrainingJob")
     assert request["ResourceConfig"]["KeepAlivePeriodInSeconds"] == 1800 and not request["EnableManagedSpotTraining"]
+    assert "InfraCheckConfig" not in request and "RetryStrategy" not in request  # one instance, no retries
     assert matches_snapshot("create_training_job_warm_pool", request)
 
 
@@ -114,6 +118,7 @@ def test_botocore_rejects_a_malformed_request(aws):
         ({"spot": True, "warm_pool_seconds": 600}, "warm pools cannot be used with spot"),
         ({"spot": True, "max_run_seconds": 3600, "max_wait_seconds": 600}, "must be at least max run"),
         ({"instance_count": 0}, "at least 1"),
+        ({"retries": 31}, "retries must be"),
         ({"warm_pool_seconds": 10**6}, "warm_pool_seconds must be"),
     ],
 )

@@ -252,6 +252,8 @@ def gpt_trainer(
     image: str | None = None,
     base_job_name: str = "course-gpt",
     install_requirements: bool = True,
+    health_check: bool | None = None,
+    retries: int = 0,
 ) -> Any:
     """A ModelTrainer for the course's training program (`train.py` in `source_dir`, staged by
     `utils.sagemaker_local.stage_source`) under torchrun: `instance_count` hosts x `processes_per_host` ranks (default:
@@ -260,7 +262,10 @@ def gpt_trainer(
     job name, spot wait >= run, warm pool length and that warm pools are not combined with spot (SageMaker refuses
     that combination). `image` defaults to the PyTorch DLC for the instance; `install_requirements` makes the
     container pip-install requirements-container.txt first (not needed with the course image from
-    container/Dockerfile)."""
+    container/Dockerfile). `health_check` asks SageMaker to test the instances' hardware and the network between
+    them before training (InfraCheckConfig; default: on for multi-instance jobs); `retries` restarts a job that
+    fails with an internal error up to that many times (RetryStrategy, 1-30), resuming from its checkpoints."""
+    from sagemaker.core.shapes import InfraCheckConfig, RetryStrategy
     from sagemaker.core.training.configs import CheckpointConfig, Compute, SourceCode, StoppingCondition
     from sagemaker.train import ModelTrainer
     from sagemaker.train.distributed import Torchrun
@@ -271,6 +276,9 @@ def gpt_trainer(
         raise ValueError(f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character suffix")
     if instance_count < 1:
         raise ValueError(f"instance_count must be at least 1, got {instance_count}")
+    retry_limits = _api_model().shape_for("MaximumRetryAttempts").metadata
+    if retries and not retry_limits["min"] <= retries <= retry_limits["max"]:
+        raise ValueError(f"retries must be 0 (none) or {retry_limits['min']}..{retry_limits['max']}, got {retries}")
     keep_alive_max = _api_model().shape_for("KeepAlivePeriodInSeconds").metadata["max"]
     if not 0 <= warm_pool_seconds <= keep_alive_max:
         raise ValueError(f"warm_pool_seconds must be 0..{keep_alive_max}, got {warm_pool_seconds}")
@@ -296,6 +304,10 @@ def gpt_trainer(
         checkpoint_config=checkpoints,
         hyperparameters=dict(hyperparameters),
     )
+    if health_check if health_check is not None else instance_count > 1:
+        trainer = trainer.with_infra_check_config(InfraCheckConfig(enable_infra_check=True))
+    if retries:
+        trainer = trainer.with_retry_strategy(RetryStrategy(maximum_retry_attempts=retries))
     return trainer.with_metric_definitions(_metric_definitions())
 
 
