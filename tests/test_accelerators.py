@@ -55,6 +55,8 @@ def test_accelerator_specs_are_consistent_with_the_instances():
     from utils.accelerators import ACCELERATOR_SPECS
 
     by_name = {spec.name: spec for spec in ACCELERATOR_SPECS}
-    for instance in CLOUD_INSTANCES:
+    from utils.accelerators import INFERENCE_INSTANCES
+
+    for instance in (*CLOUD_INSTANCES, *INFERENCE_INSTANCES):
         assert by_name[instance.accelerator].bf16_tflops * 1e12 == instance.peak_flops_per_device
     assert all(spec.fp8_tflops is None or spec.fp8_tflops >= spec.bf16_tflops for spec in ACCELERATOR_SPECS)

@@ -47,7 +47,13 @@ TRN1 = Instance(
     "launch list price, us-east-1 Linux on-demand, AWS News Blog 2022-10-10; peak: AWS Neuron docs, Trainium "
     "architecture (190 TFLOP/s bf16 per chip)",
 )  # fmt: skip
-CLOUD_INSTANCES = (P4D, P5, TRN1)
+CLOUD_INSTANCES = (P4D, P5, TRN1)  # for training
+INF2 = Instance(
+    "inf2.48xlarge", "AWS Inferentia2", 12, 190e12, 12.98,
+    "launch list price, us-east-1 Linux on-demand, AWS News Blog 2023-04-13 (Inf2 general availability); peak: AWS "
+    "Neuron docs, Inferentia2 architecture (190 TFLOP/s bf16 per chip)",
+)  # fmt: skip
+INFERENCE_INSTANCES = (INF2,)  # notebook 04 compares them; chapter 12 serves on them
 
 
 def local_instance(measured_peak_flops: float, name: str = "this machine") -> Instance:
