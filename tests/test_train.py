@@ -65,21 +65,30 @@ def test_crash_and_resume_reproduces_the_uninterrupted_losses(shards, tmp_path):
     assert losses(tmp_path / "crash") == losses(tmp_path / "whole")
 
 
-def test_sigterm_checkpoints_then_resume_matches(shards, tmp_path):
-    args = ["--data", str(shards), "--steps", "12", "--checkpoint-every", "0", *TINY]
-    assert run([*args, "--output", str(tmp_path / "whole")]).returncode == 0
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigterm_checkpoints_then_resume_matches(shards, tmp_path, ranks):
+    """One process, or two DDP ranks under torchrun with SIGTERM sent to the launcher (which forwards it to every
+    rank, as a scheduler stopping the job does): a checkpoint on the way out, then an exact resume."""
+    strategy = ["--strategy", "ddp"] if ranks > 1 else []
+    args = ["--data", str(shards), "--steps", "12", "--checkpoint-every", "0", *strategy, *TINY]
+    assert run([*args, "--output", str(tmp_path / "whole")], torchrun=ranks if ranks > 1 else 0).returncode == 0
     env = os.environ | {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "utils.train", *args, "--output", str(tmp_path / "cut")],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    launcher = [sys.executable, "-m", "utils.train"]
+    if ranks > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks), "--standalone",
+                    "-m", "utils.train"]  # fmt: skip
+    command = [*launcher, *args, "--output", str(tmp_path / "cut")]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in process.stdout:
         if line.startswith("step=3;"):
             process.send_signal(signal.SIGTERM)
             break
     rest = process.stdout.read()
-    assert process.wait(timeout=120) == 128 + signal.SIGTERM and "checkpoint saved" in rest
+    code = process.wait(timeout=120)
+    assert (code == 128 + signal.SIGTERM if ranks == 1 else code != 0) and "checkpoint saved" in rest
     stopped_at = max(losses(tmp_path / "cut"))
     assert 3 <= stopped_at < 12
-    resumed = run([*args, "--output", str(tmp_path / "cut")])
+    resumed = run([*args, "--output", str(tmp_path / "cut")], torchrun=ranks if ranks > 1 else 0)
     assert resumed.returncode == 0 and f"resumed from step {stopped_at}" in resumed.stdout
     assert losses(tmp_path / "cut") == losses(tmp_path / "whole")
 
