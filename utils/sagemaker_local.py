@@ -11,9 +11,9 @@ which turns those files into `SM_*` environment variables and command-line flags
 This module writes that layout under any folder, points the toolkit at it (`SAGEMAKER_BASE_DIR`, read at import, and
 `SM_STUDIO_LOCAL_MODE=true`, which skips waiting for the other hosts' DNS names) and runs the toolkit in a child
 process. What differs from the cloud: the code runs in this Python environment instead of the image, on one host,
-and nothing is uploaded. The toolkit does not forward SIGTERM to the training processes, so a stopped container
-loses what the script has not checkpointed: `stop_job` sends SIGTERM to the whole process group, as the container
-runtime's shutdown eventually reaches every process.
+and nothing is uploaded. `stop_job` stops a job as `docker stop` stops a container: SIGTERM to its first process (the
+toolkit), and once that has ended, SIGKILL to every other process, as the kernel does when a container's first
+process exits. The toolkit does not pass SIGTERM on, so a stopped job keeps only what the script had checkpointed.
 
 Standalone: standard library only (the toolkit is imported in the child process). The staged code folder is what
 `utils.sagemaker_jobs` uploads as the job's source code, so the local and the cloud job run the same files.
@@ -166,9 +166,14 @@ def start_job(base: str | Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
 
 
-def stop_job(process: subprocess.Popen) -> None:
-    """Send SIGTERM to every process of the job, as a container stop (or a spot interruption) does."""
-    os.killpg(process.pid, signal.SIGTERM)
+def stop_job(process: subprocess.Popen, grace_seconds: float = 10) -> None:
+    """Stop the job as a container is stopped (a spot interruption, StopTrainingJob): SIGTERM to the toolkit, the
+    first process; when it has exited (or after `grace_seconds`, Docker's default), SIGKILL to the rest of the job."""
+    process.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_seconds)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def run_job(
