@@ -48,6 +48,17 @@ NEURON_TRANSFORMERS, NEURON_INFERENCE_PYTORCH = "4.55.4", "pytorch2.8.0"
 CHECKPOINTS_IN_CONTAINER = "/opt/ml/checkpoints"  # utils.train's default checkpoint folder on SageMaker
 
 
+def _set_environment(values: dict[str, str | None]) -> dict[str, str | None]:
+    """Set environment variables (None removes one); returns their previous values, which this restores."""
+    previous = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    return previous
+
+
 def _api_model():
     return botocore.session.get_session().get_service_model("sagemaker")
 
@@ -133,11 +144,7 @@ class Connection:
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None
-        for name, value in self._saved_environment.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(self._saved_environment)
         self._saved_environment = {}
         if _active_offline is self:
             _active_offline = None
@@ -181,12 +188,7 @@ def connect(role: str | None = None, region: str | None = None, offline: bool | 
 
         settings = {"AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline", "AWS_SESSION_TOKEN": None,
                     "AWS_DEFAULT_REGION": region, "SAGEMAKER_VALIDATE_ROLE": "false"}  # fmt: skip
-        for name, value in settings.items():
-            saved[name] = os.environ.get(name)
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        saved = _set_environment(settings)
         emulator = mock_aws()
         emulator.start()
     from sagemaker.core.helper.session_helper import Session
@@ -331,16 +333,11 @@ def driver_command(trainer: Any, host_count: int | None = None) -> list[str]:
                      "SM_DISTRIBUTED_CONFIG": json.dumps({"process_count_per_node": process_count}),
                      "SM_HOST_COUNT": str(host_count), "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777",
                      "SM_CURRENT_HOST_RANK": "0"}  # fmt: skip
-    saved = {name: os.environ.get(name) for name in container_env}
-    os.environ.update(container_env)
+    saved = _set_environment(container_env)
     try:
         return torchrun_driver.create_commands()
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _set_environment(saved)
 
 
 def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wait: bool = False) -> Any:
