@@ -66,7 +66,7 @@ def test_a_stopped_job_resumes_from_its_checkpoints(tmp_path, shards, source):
 
     base = L.write_job_folder(tmp_path / "cut", source, {"training": shards}, hyperparameters)
     stopped = L.run_job(base, on_line=stop_at_step_10)
-    assert stopped.returncode != 0 and any((base / "checkpoints").iterdir())
+    assert stopped.returncode != 0 and any(stopped.checkpoint_dir.iterdir())
     resumed = L.run_job(L.write_job_folder(base, source, {"training": shards}, hyperparameters))
     assert resumed.returncode == 0 and any("resumed from step" in line for line in resumed.log)
     assert resumed.metrics["train:loss"][-1] == whole.metrics["train:loss"][-1]
