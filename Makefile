@@ -28,8 +28,8 @@ test: setup lint unit notebooks
 setup: $(INSTALLED) assets
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 10) <= v <= (3, 12) else \
-		f"The course needs Python 3.10-3.12; {sys.executable} is {v[0]}.{v[1]}. Run: make PYTHON=python3.11 ...")'
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11, 5) <= sys.version_info[:3] and v <= (3, 12) else \
+		f"The course needs Python 3.11.5-3.12 (its pins, numpy 2.4 and transformers 5 among them, need 3.11+); {sys.executable} is {v[0]}.{v[1]}. Run: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): requirements.txt pyproject.toml | $(BIN)/python

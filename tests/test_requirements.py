@@ -40,7 +40,7 @@ def test_environment_yml_installs_the_same_pins():
     yml_pins = [line for line in pip_section if "==" in line]
     assert _pins(yml_pins) == _pins(LINES)
     python = next(dep for dep in env["dependencies"] if isinstance(dep, str) and dep.startswith("python="))
-    assert Version("3.10") <= Version(python.split("=")[1]) < Version("3.13")
+    assert Version("3.11") <= Version(python.split("=")[1]) < Version("3.13")
 
 
 def test_installed_environment_matches_the_lock():
