@@ -20,6 +20,7 @@ from utils.sizing import (
     decoder_parameters,
     encoder_decoder_parameters,
     encoder_parameters,
+    matmul_weights,
     model_flops_utilisation,
     model_state_bytes_per_device,
     non_embedding_parameters,
@@ -95,8 +96,35 @@ def test_flops_rules():
     shape = TransformerShape(50257, 768, 12, 12, 3072, context=1024)
     assert non_embedding_parameters(shape) == 124_439_808 - 50257 * 768 - 1024 * 768
     per_token = training_flops_per_token(shape, 1024)
-    assert per_token == 6 * non_embedding_parameters(shape) + 12 * 12 * 12 * 64 * 1024
+    layer_matrices = 12 * (4 * 768 * 768 + 2 * 768 * 3072)  # attention (q, k, v, out) + feed-forward, 12 layers
+    assert matmul_weights(shape) == layer_matrices + 50257 * 768  # the output projection onto the vocabulary
+    assert per_token == 6 * matmul_weights(shape) + 12 * 12 * 12 * 64 * 1024
     assert model_flops_utilisation(1000, per_token, per_token * 2000) == 0.5
+
+
+def _counted_flops_per_token(recompute: bool) -> float:
+    """Every matrix multiply of one training step of a real GPT-2, counted by torch (eager attention, so its
+    score and value products are bmm calls the counter sees), per token."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from utils.models import small_gpt
+
+    torch.manual_seed(0)
+    model = small_gpt(512, 32, 2, 64, 4)
+    model.set_attn_implementation("eager")
+    if recompute:
+        model.activation_checkpointing_enable()
+    ids = torch.randint(0, 512, (2, 32))
+    with FlopCounterMode(display=False) as counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    return counter.get_total_flops() / ids.numel()
+
+
+def test_flops_per_token_equal_a_count_of_the_model_s_matrix_multiplies():
+    shape = TransformerShape(512, 64, 2, 4, 256, context=32)
+    assert _counted_flops_per_token(recompute=False) == training_flops_per_token(shape, 32)
+    counted = _counted_flops_per_token(recompute=True)  # checkpointing recomputes most of each block's forward
+    assert training_flops_per_token(shape, 32) < counted <= training_flops_per_token(shape, 32, True)
 
 
 def test_zero_stages_divide_model_states():

@@ -119,11 +119,39 @@ def training_flops(parameters: float, tokens: float) -> float:
     return 6.0 * parameters * tokens
 
 
-def training_flops_per_token(shape: TransformerShape, context: int) -> float:
-    """Training FLOPs per token including attention, as in the PaLM paper (Chowdhery et al., 2022, appendix B):
-    6N + 12 L H Q T, with N non-embedding parameters, L layers, H heads, Q head width and T the sequence length."""
+def matmul_weights(shape: TransformerShape) -> int:
+    """Weights that take part in a matrix multiply per token of a decoder: every attention and feed-forward matrix
+    in every layer, plus the output projection onto the vocabulary (vocab x width), whether or not it shares its
+    weights with the input embedding. Biases, norms and the embedding lookups do no multiply-adds and are left out."""
+    d, inner, kv = shape.width, shape.inner, shape.kv_inner
+    attention = d * inner + 2 * d * kv + inner * d
+    ffn = (3 if shape.gated_ffn else 2) * d * shape.ffn
+    return shape.layers * (attention + ffn) + shape.vocab_size * d
+
+
+def training_flops_per_token(shape: TransformerShape, context: int, recompute_activations: bool = False) -> float:
+    """Training FLOPs per token of a decoder, counting every matrix multiply the model runs, the output projection
+    onto the vocabulary included: 6 M + 12 L H Q T.
+
+    This is PaLM's formula (Chowdhery et al., 2022, appendix B: 6N + 12LHQT) with N taken as `matmul_weights`, the
+    convention of nanoGPT's `estimate_mfu` (whose N keeps the tied token embedding, which is the output
+    projection). Kaplan et al.'s 6N uses non-embedding parameters and so leaves the vocabulary projection out
+    (a third of the work at vocabulary 8,192 and width 256). M: weights in matrix multiplies, L layers, H heads,
+    Q head width, T tokens of context; 6 = 2 FLOPs per multiply-add forward + 4 backward; the attention term
+    counts the full T x T score and value products, as PaLM does (a causal kernel may skip half).
+
+    `recompute_activations=True` counts the hardware FLOPs of a step with activation checkpointing, which runs
+    each block's forward twice (the output projection is outside the blocks and runs once): divide a throughput
+    by the default count for MFU, by this one for HFU (Korthikanti et al., 2022, section 5). It is an upper bound:
+    torch's non-reentrant checkpoint stops recomputing once the tensors backward needs are back, so it skips the
+    last matrix multiply of each block (FlopCounterMode measures the rest). Tests check both against torch's
+    FlopCounterMode on a real GPT-2."""
     head_dim = shape.head_dim or shape.width // shape.heads
-    return 6.0 * non_embedding_parameters(shape) + 12.0 * shape.layers * shape.heads * head_dim * context
+    attention = 2 * 2 * shape.layers * shape.heads * head_dim * context  # QK^T and AV, per token, forward
+    flops = 6 * matmul_weights(shape) + 3 * attention
+    if recompute_activations:  # one more forward of every block
+        flops += 2 * (matmul_weights(shape) - shape.vocab_size * shape.width) + attention
+    return flops
 
 
 def model_flops_utilisation(tokens_per_second: float, flops_per_token: float, peak_flops: float) -> float:
