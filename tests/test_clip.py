@@ -11,6 +11,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from utils.clip import (
     CAPTION_TEMPLATES,
     DIGIT_WORDS,
+    PRINTED_FONTS,
     FineTunedClassifier,
     caption_tokenizer,
     clip_batch,
@@ -18,6 +19,8 @@ from utils.clip import (
     digit_caption,
     digits_to_pixels,
     image_features,
+    printed_digit,
+    printed_digits,
     small_clip,
     zero_shot_classifier,
 )
@@ -72,3 +75,18 @@ def test_small_clip_trains_on_digit_batches():
     torch.testing.assert_close(weights.norm(dim=-1), torch.ones(10))
     logits = FineTunedClassifier(clip)(pixels, torch.tensor(labels))
     assert logits.logits.shape == (20, 10) and logits.loss.item() > 0
+
+
+def test_printed_digits_match_the_uci_format_and_differ_by_font():
+    images, labels = printed_digits(2, seed=0, fonts=PRINTED_FONTS[:3])
+    assert images.shape == (20, 8, 8) and labels.tolist() == sorted(list(range(10)) * 2)
+    assert images.min() >= 0 and images.max() <= 16 and np.allclose(images, images.round())
+    assert all(image.sum() > 0 for image in images)  # every digit left ink
+    again, _ = printed_digits(2, seed=0, fonts=PRINTED_FONTS[:3])
+    np.testing.assert_array_equal(images, again)
+    sans = printed_digit(7, "DejaVuSans.ttf", np.random.default_rng(1))
+    serif = printed_digit(7, "DejaVuSerif-Bold.ttf", np.random.default_rng(1))  # same rotation, scale, thickness
+    assert not np.array_equal(sans, serif)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="0-9"):
+        printed_digit(10, "DejaVuSans.ttf", rng)

@@ -1,18 +1,21 @@
 """Contrastive language-image pretraining (CLIP, Radford et al., 2021) at laptop scale: captions for the digits
-images, a two-tower transformers `CLIPModel` with a small config, the symmetric InfoNCE loss, and zero-shot
-classification from text prompts.
+images, a two-tower transformers `CLIPModel` with a small config, the symmetric InfoNCE loss, zero-shot
+classification from text prompts, and a second image distribution (printed digits) for zero-shot transfer.
 
-Defined for notebook 01 (book chapter 1 and the lecture's "four ways to adapt CLIP"). Needs torch, tokenizers
-and transformers.
+Defined for notebook 01 (book chapter 1 and the lecture's "four ways to adapt CLIP"). Needs torch, tokenizers,
+transformers, and Pillow with matplotlib's bundled fonts for `printed_digits`.
 """
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
@@ -90,6 +93,57 @@ def small_clip(
 def digits_to_pixels(images: np.ndarray) -> torch.Tensor:
     """scikit-learn digits (N, 8, 8) with values 0-16 -> float tensor (N, 1, 8, 8) scaled to [-1, 1]."""
     return torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+
+
+#: Typefaces that ship with matplotlib (so with every install of the course): four families in their regular, bold
+#: and slanted cuts, and Computer Modern. Each draws the ten digits differently from a hand (a serif 1, a closed 4,
+#: a straight 7), which is what makes printed digits a new distribution for a model that saw only handwriting.
+PRINTED_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf",
+)  # fmt: skip
+
+
+def printed_digit(label: int, font: str, rng: np.random.Generator) -> np.ndarray:
+    """One printed digit as an 8x8 array of counts 0-16, made the way the UCI handwritten digits were made.
+
+    The UCI set (Alpaydin and Kaynak, 1998) scanned handwriting into 32x32 bitmaps and counted the inked pixels
+    in each 4x4 block. Here the digit is drawn in `font` (a file in matplotlib's font folder), rotated by up to
+    10 degrees, thickened by 0-2 pixels, scaled so its longer side is 27-32 pixels, centred on 32x32, binarised
+    and block-counted the same way, so only the source of the shapes differs.
+    """
+    if not 0 <= label <= 9:
+        raise ValueError(f"digit label must be 0-9, got {label}")
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    glyph = Image.new("L", (160, 160), 0)
+    ImageDraw.Draw(glyph).text((30, 10), str(label), fill=255, font=ImageFont.truetype(str(folder / font), 96))
+    glyph = glyph.rotate(float(rng.uniform(-10, 10)), resample=Image.BILINEAR)
+    glyph = glyph.crop(glyph.getbbox())
+    scale = 32 / max(glyph.size) * float(rng.uniform(0.85, 1.0))
+    glyph = glyph.resize((max(1, round(glyph.size[0] * scale)), max(1, round(glyph.size[1] * scale))))
+    thickness = int(rng.choice([1, 3, 5]))
+    if thickness > 1:
+        glyph = glyph.filter(ImageFilter.MaxFilter(thickness))
+    canvas = Image.new("L", (32, 32), 0)
+    canvas.paste(glyph, ((32 - glyph.size[0]) // 2, (32 - glyph.size[1]) // 2))
+    bits = np.asarray(canvas) > 127
+    return bits.reshape(8, 4, 8, 4).sum(axis=(1, 3)).astype(np.float64)
+
+
+def printed_digits(
+    per_class: int, seed: int = 0, fonts: tuple[str, ...] = PRINTED_FONTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """`per_class` printed images of each digit, fonts drawn at random from `fonts`: (images (N, 8, 8), labels (N,)).
+
+    Same format as scikit-learn's `load_digits().images` (values 0-16), so `digits_to_pixels` applies unchanged.
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), per_class)
+    images = np.stack([printed_digit(int(label), fonts[rng.integers(len(fonts))], rng) for label in labels])
+    return images, labels
 
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
