@@ -139,6 +139,40 @@ def masked_token_rank(model: torch.nn.Module, tokenizer: Any, text: str, answer:
     return int((logits > logits[answer_ids[0]]).sum().item()) + 1
 
 
+@torch.no_grad()
+def masked_prediction_report(
+    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], is_word: Callable[[int], bool]
+) -> dict[str, float]:
+    """What a masked LM's top guess is at the positions its labels score (labels != -100), over `batches`.
+
+    Returns accuracy (top guess = the hidden token), word_accuracy (the same, over hidden tokens that are words by
+    `is_word(token_id)`), and guesses_that_are_words (the share of top guesses that are words, whatever the
+    target): early in training a masked LM guesses the commonest tokens (line breaks, commas) everywhere, and
+    this share is what shows it moving on to words.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    guesses, targets = [], []
+    for batch in batches:
+        labels = batch["labels"]
+        logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.cpu()
+        scored = labels != -100
+        guesses.append(logits.argmax(-1)[scored])
+        targets.append(labels[scored])
+    model.train(was_training)
+    guess, target = torch.cat(guesses), torch.cat(targets)
+    if len(target) == 0:
+        raise ValueError("no position has a label other than -100; nothing was masked")
+    word_target = torch.tensor([is_word(int(t)) for t in target], dtype=torch.bool)
+    word_guess = torch.tensor([is_word(int(g)) for g in guess], dtype=torch.bool)
+    return {
+        "accuracy": (guess == target).float().mean().item(),
+        "word_accuracy": (guess == target)[word_target].float().mean().item() if word_target.any() else 0.0,
+        "guesses_that_are_words": word_guess.float().mean().item(),
+    }
+
+
 def gpt_sweep(
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,
