@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from utils.bpe import EOS, as_transformers_tokenizer, train_bpe
-from utils.chat import generation_throughput
+from utils.chat import continue_text, generation_throughput
 from utils.models import small_gpt
 
 
@@ -32,3 +32,12 @@ def test_generation_throughput_rejects_empty_or_zero_sizes(tiny_lm):
     for sizes, tokens in (([], 4), ([0], 4), ([1], 0)):
         with pytest.raises(ValueError, match="batch sizes"):
             generation_throughput(model, tokenizer, "the", sizes, new_tokens=tokens)
+
+
+def test_continue_text_is_greedy_and_returns_only_the_new_text(tiny_lm):
+    model, tokenizer = tiny_lm
+    first = continue_text(model, tokenizer, "the quick brown", max_new_tokens=3)
+    assert first == continue_text(model, tokenizer, "the quick brown", max_new_tokens=3)  # greedy: deterministic
+    ids = tokenizer("the quick brown").input_ids
+    out = model.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert first == tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)

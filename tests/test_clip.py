@@ -18,10 +18,12 @@ from utils.clip import (
     contrastive_loss,
     digit_caption,
     digits_to_pixels,
+    fine_tune,
     image_features,
     printed_digit,
     printed_digits,
     small_clip,
+    zero_shot_accuracy,
     zero_shot_classifier,
 )
 
@@ -90,3 +92,21 @@ def test_printed_digits_match_the_uci_format_and_differ_by_font():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="0-9"):
         printed_digit(10, "DejaVuSans.ttf", rng)
+
+
+def test_zero_shot_accuracy_picks_the_most_similar_class_text():
+    class_text = torch.eye(3)
+    features = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.6, 0.4, 0.0]])
+    assert zero_shot_accuracy(features, class_text, np.array([0, 2, 1])) == pytest.approx(2 / 3)
+
+
+def test_fine_tune_trains_a_copy_and_reports_test_accuracy():
+    torch.manual_seed(0)
+    tok = caption_tokenizer()
+    clip = small_clip(tok, width=32, layers=1, heads=2, projection=16)
+    before = {k: v.clone() for k, v in clip.state_dict().items()}
+    pixels = digits_to_pixels(np.random.default_rng(0).integers(0, 17, (40, 8, 8)))
+    labels = np.arange(40) % 2  # two classes
+    classifier, accuracy = fine_tune(clip, pixels, labels, np.arange(30), np.arange(30, 40), steps=3, batch=8)
+    assert isinstance(classifier, FineTunedClassifier) and 0.0 <= accuracy <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in clip.state_dict().items())  # the original is untouched

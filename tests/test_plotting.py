@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pytest
 
-from utils.plotting import log_axis
+from utils.plotting import log_axis, plot_history
 
 
 def _visible_labels(axis):
@@ -54,4 +54,18 @@ def test_log_axis_custom_labels_and_bad_input():
         log_axis(ax, [1, 2], labels=["1"])
     with pytest.raises(ValueError, match="axis"):
         log_axis(ax, [1, 2], axis="z")
+    plt.close(fig)
+
+
+def test_plot_history_draws_train_and_validation_and_returns_the_evaluations():
+    history = [
+        {"step": 0, "val_loss": 5.0}, {"step": 1, "train_loss": 4.0}, {"step": 2, "train_loss": 3.0, "val_loss": 3.5}
+    ]  # fmt: skip
+    fig, ax = plt.subplots()
+    evals = plot_history(ax, history, val_label="held out")
+    assert [r["step"] for r in evals] == [0, 2]
+    (train, val) = ax.get_lines()
+    assert list(train.get_xdata()) == [1, 2] and list(val.get_ydata()) == [5.0, 3.5] and val.get_label() == "held out"
+    with pytest.raises(ValueError, match="no evaluated rows"):
+        plot_history(ax, history[1:2])
     plt.close(fig)

@@ -118,9 +118,15 @@ def test_masked_prediction_report_scores_only_labelled_positions():
         model.cls.predictions.bias[4] = 100.0  # token 4 is the top guess everywhere
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     labels = torch.tensor([[-100, 4, -100, 7, -100, 4]])  # three scored positions: 4, 7, 4
-    report = masked_prediction_report(model, [{"input_ids": ids, "labels": labels}], is_word=lambda t: t in (4, 5))
+    names = {4: "Ġbe", 5: "ing", 7: ","}  # tokens 4 and 5 are words, 7 is punctuation
+
+    class Tokenizer:
+        def convert_ids_to_tokens(self, ids):
+            return [names.get(i, "\n") for i in ids]
+
+    report = masked_prediction_report(model, [{"input_ids": ids, "labels": labels}], Tokenizer())
     assert report["accuracy"] == pytest.approx(2 / 3)
     assert report["word_accuracy"] == 1.0  # targets 4 and 4 are words, both guessed
     assert report["guesses_that_are_words"] == 1.0  # every guess is token 4, a word
     with pytest.raises(ValueError, match="nothing was masked"):
-        masked_prediction_report(model, [{"input_ids": ids, "labels": torch.full_like(ids, -100)}], lambda t: True)
+        masked_prediction_report(model, [{"input_ids": ids, "labels": torch.full_like(ids, -100)}], Tokenizer())

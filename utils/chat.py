@@ -87,3 +87,16 @@ def generation_throughput(
                      "per_sequence_tokens_per_s": new_tokens / median,
                      "relative_spread": (max(times) - min(times)) / median})  # fmt: skip
     return rows
+
+
+def continue_text(model: Any, tokenizer: Any, text: str, max_new_tokens: int = 4) -> str:
+    """The greedy continuation of plain `text` (no chat template): the next `max_new_tokens` tokens, decoded.
+
+    Prompting a model with the start of a known passage and checking whether it goes on verbatim is the simplest
+    probe for whether the passage was in its training data (notebook 01 probes SmolLM2 with famous lines).
+    """
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

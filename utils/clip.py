@@ -3,11 +3,13 @@ images, a two-tower transformers `CLIPModel` with a small config, the symmetric 
 classification from text prompts, and a second image distribution (printed digits) for zero-shot transfer.
 
 Defined for notebook 01 (book chapter 1 and the lecture's "four ways to adapt CLIP"). Needs torch, tokenizers,
-transformers, and Pillow with matplotlib's bundled fonts for `printed_digits`.
+transformers, and Pillow with matplotlib's bundled fonts for `printed_digits`; `fine_tune` trains with the loop
+of its one course dependency, `utils.pretraining`.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 
@@ -198,6 +200,13 @@ def zero_shot_classifier(
     return torch.stack(weights)
 
 
+def zero_shot_accuracy(features: torch.Tensor, class_text: torch.Tensor, labels: np.ndarray) -> float:
+    """Share of images (rows of normalised `features`) whose most similar class text embedding (rows of
+    `class_text`, as from `zero_shot_classifier`) is their label."""
+    predictions = (features.cpu() @ class_text.cpu().T).argmax(1).numpy()
+    return float((predictions == np.asarray(labels)).mean())
+
+
 class FineTunedClassifier(nn.Module):
     """CLIP's image tower and projection with a linear head over the 10 classes, every weight trainable."""
 
@@ -210,3 +219,31 @@ class FineTunedClassifier(nn.Module):
         logits = self.head(self.projection(self.vision(pixel_values=pixel_values).pooler_output))
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)
+
+
+def fine_tune(
+    clip: CLIPModel, pixels: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
+    steps: int, lr: float = 1e-3, batch: int = 128, seed: int = 0, device: torch.device | str = "cpu",
+) -> tuple[FineTunedClassifier, float]:  # fmt: skip
+    """Full fine-tuning: a copy of `clip`'s image tower with a linear head, every weight trained on the labelled
+    images `train_idx` (random batches of up to `batch`, drawn with `seed`) by `utils.pretraining.train`.
+
+    Returns the classifier and its accuracy on `test_idx`. The original `clip` is left untouched.
+    """
+    from utils.pretraining import train
+
+    classifier = FineTunedClassifier(copy.deepcopy(clip)).to(device)
+    targets, rng, pool = torch.as_tensor(labels), random.Random(seed), [int(i) for i in train_idx]
+
+    def labelled_batch(step: int) -> dict[str, torch.Tensor]:
+        chosen = rng.sample(pool, min(batch, len(pool)))
+        return {"pixel_values": pixels[chosen].to(device), "labels": targets[chosen].to(device)}
+
+    @torch.no_grad()
+    def accuracy() -> float:
+        classifier.eval()
+        predictions = classifier(pixels[test_idx].to(device)).logits.argmax(1).cpu()
+        return (predictions == targets[test_idx]).float().mean().item()
+
+    history = train(classifier, labelled_batch, steps, lr, accuracy, eval_every=steps)
+    return classifier, history[-1]["val_loss"]  # the evaluate() hook returned accuracy

@@ -1,7 +1,8 @@
-"""Readable logarithmic axes for the course's figures.
+"""Readable figures for the course: logarithmic axes with exactly the ticks asked for, and training curves.
 
 Defined for notebook 00 (the matmul-throughput plot) and used by every notebook that plots against a size, a
-vocabulary or a number of examples on a log scale. Needs matplotlib.
+vocabulary or a number of examples on a log scale; `plot_history` draws the training runs of notebook 01 onward
+(histories as returned by `utils.pretraining.train`). Needs matplotlib.
 
 Why it exists: `ax.set_xticks(values, labels)` on a log axis replaces only the *major* ticks. Matplotlib's log
 scale also places minor ticks (at 2, 3, ... 9 times each power of the base) and, when the axis spans less than
@@ -42,3 +43,20 @@ def log_axis(
     target.set_major_locator(FixedLocator(ticks))
     target.set_major_formatter(FixedFormatter(list(labels)))
     target.set_minor_locator(NullLocator())
+
+
+def plot_history(
+    ax: Axes, history: list[dict[str, float]], train_label: str = "train", val_label: str = "validation"
+) -> list[dict[str, float]]:
+    """Draw a training history on `ax`: the per-step training loss, faint, and the evaluations as markers.
+
+    `history` holds one row per step with `step` and `train_loss`, plus `val_loss` where evaluated (step 0 is an
+    evaluation only). Returns the evaluated rows, so the caller can read the last validation loss.
+    """
+    steps = [row for row in history if "train_loss" in row]
+    evals = [row for row in history if "val_loss" in row]
+    if not evals:
+        raise ValueError("the history has no evaluated rows (no `val_loss`): nothing to mark")
+    ax.plot([r["step"] for r in steps], [r["train_loss"] for r in steps], alpha=0.4, label=train_label)
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], marker="o", label=val_label)
+    return evals
