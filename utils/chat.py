@@ -1,9 +1,10 @@
 """Ask an instruction-tuned causal language model one question through its chat template, and time the answer;
-measure how generation speed changes with the number of sequences decoded together.
+measure how generation speed changes with the number of sequences decoded together; continue plain text greedily.
 
 Defined for notebook 00 (SmolLM2-135M-Instruct's first replies, and whether its generation is limited by memory
-or by arithmetic); reused wherever the course prompts a chat model (chapters 1, 10 and 13). Works with any
-transformers causal LM whose tokenizer has a chat template.
+or by arithmetic); reused wherever the course prompts a chat model (chapters 1, 10 and 13; chapter 1 also probes
+with `continue_text` whether SmolLM2 has read its validation plays). `chat` needs a tokenizer with a chat template;
+the other functions work with any transformers causal LM and its tokenizer.
 """
 
 from __future__ import annotations
