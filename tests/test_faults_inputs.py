@@ -1,0 +1,208 @@
+"""Fault suite, inputs side (issue 15): bad data, altered caches and SageMaker requests AWS would reject are refused
+at the course's boundary with a message that says what is wrong and how to fix it, and leave nothing broken
+behind. Each case failed (hung, trained on garbage, or raised an unhelpful traceback) before the fix. The training
+program's own faults are in tests/test_faults_training.py."""
+
+import json
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from utils import loaders as L
+
+
+@contextmanager
+def deadline(seconds: float):
+    """Fail with TimeoutError instead of hanging when the code under test loops forever."""
+
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s: it would never end")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def documents(count: int = 40, seed: int = 0, vocab: int = 500) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, rng.integers(5, 120)).tolist() + [0] for _ in range(count)]
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def shards(tmp_path) -> Path:
+    """A 500-token vocabulary (uint16), 16-token blocks, 4 blocks per shard: about 10 shards."""
+    L.write_token_shards(documents(), tmp_path / "shards", block=16, vocab_size=500, blocks_per_shard=4)
+    return tmp_path / "shards"
+
+
+def rewrite_index(folder: Path, **changes) -> None:
+    index = json.loads((folder / L.INDEX_FILE).read_text())
+    (folder / L.INDEX_FILE).write_text(json.dumps(index | changes))
+
+
+# ---- writing shards ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"blocks_per_shard": 0}, "blocks_per_shard must be at least 1, got 0"),  # wrote empty files without end
+        ({"blocks_per_shard": -2}, "blocks_per_shard must be at least 1, got -2"),
+        ({"block": 0}, "block must be at least 1, got 0"),
+        ({"block": 16.5}, r"block must be a whole number, got 16.5 \(float\)"),
+        ({"vocab_size": 0}, r"vocab_size must be within \[1, 4294967296\], got 0"),
+        ({"vocab_size": 2**33}, r"vocab_size must be within \[1, 4294967296\]"),  # overflowed uint32 silently
+    ],
+)
+def test_write_token_shards_refuses_bad_arguments_before_writing(tmp_path, arguments, message):
+    with deadline(5), pytest.raises(ValueError, match=message):
+        L.write_token_shards(documents(), tmp_path / "out", **({"block": 16, "vocab_size": 500} | arguments))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("bad_document", "message"),
+    [
+        ([1.5, 2.0], r"document 40 is not a flat sequence of integer token ids \(got float64"),  # was truncated to 1
+        ([[1, 2], [3, 4]], r"document 40 is not a flat sequence .* shape \(2, 2\)"),
+        ([3, 500], "document 40 has token id 500 outside the vocabulary"),
+    ],
+)
+def test_a_bad_document_leaves_the_shard_folder_as_it_was(shards, bad_document, message):
+    before = folder_bytes(shards)
+    with pytest.raises(L.ShardError, match=message):  # documents 0-39 were already shards when 40 was read
+        L.write_token_shards(documents(seed=1) + [bad_document], shards, block=16, vocab_size=500, blocks_per_shard=4)
+    assert folder_bytes(shards) == before  # old shards and index intact, no temporary files left
+    assert len(L.PackedBlocks(shards, verify_hashes=True)) == json.loads(before[L.INDEX_FILE])["blocks"]
+
+
+# ---- reading shards: fast checks on every open -------------------------------------------------------------------
+
+
+def test_a_shard_written_as_uint32_is_named_as_such(shards):
+    shard = shards / "shard-00002.bin"
+    np.fromfile(shard, dtype=np.uint16).astype(np.uint32).tofile(shard)
+    with pytest.raises(L.ShardError, match=r"shard-00002.bin has 256 bytes, expected 128 .*written as uint32, not "
+                                           r"uint16; rewrite the folder with write_token_shards"):  # fmt: skip
+        L.PackedBlocks(shards)
+
+
+def test_an_index_whose_dtype_does_not_fit_its_vocabulary_is_refused(shards):
+    rewrite_index(shards, vocab_size=100_000)  # uint16 shards cannot hold such ids: read as-is, they were garbage
+    with pytest.raises(L.ShardError, match=r"says dtype 'uint16', but token ids of a 100000-token vocabulary are "
+                                           r"stored as uint32; rewrite"):  # fmt: skip
+        L.PackedBlocks(shards)
+
+
+def test_shards_for_another_vocabulary_than_the_model_are_refused(shards):
+    with pytest.raises(L.ShardError, match="tokenized for a vocabulary of 500, the model has 50257: tokenize"):
+        L.PackedBlocks(shards, vocab_size=50_257)
+    assert len(L.PackedBlocks(shards, vocab_size=500)) > 0
+
+
+def test_ids_outside_the_vocabulary_are_refused_even_with_a_matching_hash(shards):
+    """A shard rewritten by another program (ids of a bigger tokenizer) whose index was patched to match."""
+    shard = shards / "shard-00003.bin"
+    tokens = np.fromfile(shard, dtype=np.uint16)
+    tokens[5] = 700
+    tokens.tofile(shard)
+    index = json.loads((shards / L.INDEX_FILE).read_text())
+    index["shards"][3]["sha256"] = L.sha256_file(shard)
+    (shards / L.INDEX_FILE).write_text(json.dumps(index))
+    with pytest.raises(L.ShardError, match=r"shard-00003.bin holds token id 700 at token 5, outside the vocabulary"):
+        L.PackedBlocks(shards)  # in a shard's first block: the fast check sees it
+    tokens[5], tokens[20] = 1, 700  # the middle of the shard: only the full check reads it
+    tokens.tofile(shard)
+    index["shards"][3]["sha256"] = L.sha256_file(shard)
+    (shards / L.INDEX_FILE).write_text(json.dumps(index))
+    L.PackedBlocks(shards)
+    with pytest.raises(L.ShardError, match=r"shard-00003.bin holds token id 700, outside the vocabulary \[0, 500\)"):
+        L.verify_shards(shards)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ({"block": 0}, r"has block 0 and vocab_size 500 \(need whole numbers >= 1\)"),
+        ({"shards": [{"file": "../../etc/passwd", "blocks": 1, "sha256": ""}], "blocks": 1}, "plain file name"),
+        ({"blocks": 10**6}, "says 1000000 blocks but its shards add up to"),
+    ],
+)
+def test_a_damaged_index_is_refused_with_the_fix(shards, change, message):
+    if isinstance(change, str):
+        (shards / L.INDEX_FILE).write_text(change)
+    else:
+        rewrite_index(shards, **change)
+    with pytest.raises(L.ShardError, match=f"{message}.*rewrite the folder with write_token_shards"):
+        L.PackedBlocks(shards)
+
+
+# ---- reading shards: the full check -------------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_is_refused_by_the_full_check(shards):
+    shard = shards / "shard-00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[7] ^= 0x01
+    shard.write_bytes(bytes(data))
+    L.PackedBlocks(shards)  # same size, ids in range: the fast checks cannot tell
+    for check in (lambda: L.verify_shards(shards), lambda: L.PackedBlocks(shards, verify_hashes=True),
+                  lambda: L.StreamingBlocks(shards, verify_hashes=True)):  # fmt: skip
+        with pytest.raises(L.ShardError, match=r"shard-00001.bin does not match its SHA-256 in index.json .*flipped "
+                                               r"bit.*; rewrite the folder with write_token_shards"):  # fmt: skip
+            check()
+
+
+def test_a_same_size_shard_of_another_dtype_is_refused_by_the_full_check(shards):
+    """Half the tokens written as uint32: the size matches and every 16-bit half is a valid id."""
+    shard = shards / "shard-00004.bin"
+    tokens = np.fromfile(shard, dtype=np.uint16)
+    tokens[: len(tokens) // 2].astype(np.uint32).tofile(shard)
+    L.PackedBlocks(shards)
+    with pytest.raises(L.ShardError, match="shard-00004.bin does not match its SHA-256.*another program or dtype"):
+        L.verify_shards(shards)
+
+
+def test_verify_shards_passes_intact_shards_and_returns_the_index(shards):
+    index = L.verify_shards(shards, vocab_size=500, workers=2)
+    assert index["blocks"] == len(L.PackedBlocks(shards)) and index["dtype"] == "uint16"
+
+
+# ---- samplers: no rank left without data --------------------------------------------------------------------------
+
+
+def test_the_sampler_refuses_a_dataset_too_small_for_the_ranks(tmp_path):
+    L.write_token_shards([list(range(1, 17))], tmp_path, block=16, vocab_size=100)  # one block
+    with pytest.raises(ValueError, match="1 samples cannot be shared by 2 ranks: each rank would get none"):
+        L.ResumableDistributedSampler(L.PackedBlocks(tmp_path), num_replicas=2, rank=1)
+    with pytest.raises(ValueError, match="num_replicas must be at least 1, got 0"):
+        L.ResumableDistributedSampler(L.PackedBlocks(tmp_path), num_replicas=0)
+
+
+def test_streaming_refuses_a_rank_outside_the_world_and_too_little_data(shards, tmp_path):
+    with pytest.raises(ValueError, match=r"rank must be within \[0, 1\], got 2"):  # read nothing, silently
+        L.StreamingBlocks(shards, rank=2, world_size=2)
+    L.write_token_shards([list(range(1, 17))], tmp_path / "one", block=16, vocab_size=100)
+    with pytest.raises(ValueError, match="holds 1 blocks, fewer than the 2 ranks"):
+        L.StreamingBlocks(tmp_path / "one", rank=0, world_size=2)
+
+
+def test_streaming_gives_every_rank_the_same_number_of_blocks(tmp_path):
+    """65 blocks over 2 ranks: 33 and 32 before, so the rank with more waited forever at its last all-reduce."""
+    L.write_token_shards([[i] + [0] * 7 for i in range(65)], tmp_path, block=8, vocab_size=100, blocks_per_shard=10)
+    seen = [[int(b[0]) for b in L.StreamingBlocks(tmp_path, rank=r, world_size=2, seed=1)] for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 32 and not set(seen[0]) & set(seen[1])
+    alone = [int(b[0]) for b in L.StreamingBlocks(tmp_path, seed=1)]
+    assert sorted(alone) == list(range(65))  # one rank: nothing left out
