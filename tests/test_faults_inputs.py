@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 from utils import assets
 from utils import loaders as L
+from utils import sagemaker_jobs as J
 
 
 @contextmanager
@@ -325,3 +327,107 @@ def test_a_changed_file_of_the_converted_smollm2_names_the_fix(tmp_path, monkeyp
     (converted / "config.json").write_text('{"hidden_size": 999}')
     with pytest.raises(assets.AssetError, match=r"config.json no longer has the SHA-256.*fetch smollm2 --force"):
         assets.smollm2_dir()
+
+
+# ---- SageMaker requests AWS would reject, refused before they are sent -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory):
+    """One offline connection (moto) for the module, a staged source folder and a data channel in its S3."""
+    from utils import sagemaker_local
+
+    with J.offline_sagemaker() as connection:
+        data = tmp_path_factory.mktemp("channel")
+        (data / "index.json").write_text("{}")
+        connection.data_uri = J.upload_channel(connection, data, "course/shards")
+        connection.source = sagemaker_local.stage_source(tmp_path_factory.mktemp("job") / "code")
+        yield connection
+
+
+HP = {"steps": 100, "strategy": "ddp"}
+
+
+def trainer(aws, **options):
+    return J.gpt_trainer(aws, aws.source, options.pop("hyperparameters", HP), **options)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (lambda aws: J.start_training(trainer(aws), aws.data_uri, channel="train data"),
+         r"channel must be 1-64 characters matching \[A-Za-z0-9\\.\\-_\]\+ \(SageMaker's ChannelName\), got 'train da"),
+        (lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), aws.data_uri, channel="x" * 65),
+         "channel must be 1-64 characters"),
+        (lambda aws: trainer(aws, checkpoint_s3_uri="runs/checkpoints"),
+         "checkpoint_s3_uri must be an s3://bucket/prefix URI, got 'runs/checkpoints': the job runs on AWS"),
+        (lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), "runs/shards"),
+         "data_s3_uri must be an s3://bucket/prefix URI, got 'runs/shards'.*upload_channel"),
+        (lambda aws: J.gpt_pipeline(aws, aws.source, HP, "runs/shards"), "data_s3_uri must be an s3://bucket/prefix"),
+        (lambda aws: J.gpt_tuner(trainer(aws), max_jobs=0),
+         r"max_jobs must be a whole number of at least 1 \(SageMaker's MaxNumberOfTrainingJobs\), got 0"),
+        (lambda aws: J.gpt_tuner(trainer(aws), max_parallel_jobs=0), "MaxParallelTrainingJobs"),
+        (lambda aws: trainer(aws, processes_per_host=-1),
+         r"processes_per_host must be a whole number of at least 1 \(torchrun's --nproc-per-node\).*got -1"),
+        (lambda aws: trainer(aws, max_run_seconds=-60),
+         r"max_run_seconds .*\(SageMaker's MaxRuntimeInSeconds\), got -60"),
+        (lambda aws: trainer(aws, spot=True, max_run_seconds=60, max_wait_seconds=-5),
+         r"max_wait_seconds must be a whole number of at least 1 \(SageMaker's MaxWaitTimeInSeconds\), got -5"),
+        (lambda aws: trainer(aws, max_wait_seconds=7200), "applies only with spot=True"),  # was dropped silently
+        (lambda aws: trainer(aws, max_run_seconds=None), "max_run_seconds .*got None"),  # the SDK's default was used
+        (lambda aws: trainer(aws, instance_type=None), "instance type is required.*got None"),
+        (lambda aws: trainer(aws, instance_count=None), "instance_count must be a whole number .*got None"),
+        (lambda aws: trainer(aws, instance_count=1.5), "instance_count must be a whole number .*got 1.5"),
+        (lambda aws: trainer(aws, warm_pool_seconds=None), r"warm_pool_seconds .*\[0, 21600\].*got None"),
+        (lambda aws: trainer(aws, retries=None), r"retries must be a whole number within \[1, 30\]"),
+        (lambda aws: trainer(aws, base_job_name=None), "job name None: use 1-63 letters"),
+        (lambda aws: trainer(aws, hyperparameters=None), "hyperparameters must be a dict"),
+        (lambda aws: trainer(aws, hyperparameters={"steps": None}), "hyperparameter 'steps' is None"),  # sent "None"
+        (lambda aws: trainer(aws, hyperparameters={"note": "x" * 2501}), "HyperParameterValue"),
+        (lambda aws: J.gpt_trainer(aws, None, HP), "source_dir is required"),
+        (lambda aws: J.start_training(trainer(aws), None), "data_s3_uri is required: an s3://bucket/prefix URI"),
+        (lambda aws: J.driver_command(trainer(aws), host_count=0), "host_count must be a whole number of at least 1"),
+        (lambda aws: J.upload_channel(aws, aws.source, ""), "prefix must name the folder in the bucket"),
+    ],
+)  # fmt: skip
+def test_a_request_aws_would_reject_is_refused_before_it_is_sent(aws, request_, message):
+    before = len(aws.requests)
+    with pytest.raises(ValueError, match=message) as refused:
+        request_(aws)
+    assert isinstance(refused.value, J.InvalidRequest)  # not a TypeError from deep inside the SDK
+    assert len(aws.requests) == before
+
+
+def test_the_credential_check_does_not_wait_on_the_metadata_address_off_ec2(monkeypatch, tmp_path):
+    """A socket that accepts and never answers stands in for 169.254.169.254 on a laptop whose network drops the
+    packets: boto3's full chain connected to it and waited 2 s for its timeouts."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_METADATA_SERVICE_TIMEOUT", "1")  # seconds (the default); whole numbers only
+    with socket.socket() as metadata:
+        metadata.bind(("127.0.0.1", 0))
+        metadata.listen(8)
+        metadata.setblocking(False)
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"http://127.0.0.1:{metadata.getsockname()[1]}/")
+        monkeypatch.setattr(J, "on_ec2", lambda: False, raising=False)
+        assert not J.has_aws_credentials()
+        with pytest.raises(BlockingIOError):
+            metadata.accept()  # nobody knocked
+        monkeypatch.setattr(J, "on_ec2", lambda: True)  # on an instance the role is looked up there
+        assert not J.has_aws_credentials()
+        metadata.accept()[0].close()
+
+
+def test_ec2_is_recognised_from_local_files(monkeypatch, tmp_path):
+    vendor, uuid = tmp_path / "sys_vendor", tmp_path / "uuid"
+    monkeypatch.setattr(J, "EC2_MARKERS", ((str(vendor), "Amazon EC2"), (str(uuid), "ec2")))
+    assert not J.on_ec2()  # neither file: a laptop
+    vendor.write_text("LENOVO\n")
+    assert not J.on_ec2()
+    uuid.write_text("ec2e1916-9099-7caf-fd21-012345abcdef\n")  # a Xen instance
+    assert J.on_ec2()
+    uuid.unlink()
+    vendor.write_text("Amazon EC2\n")  # Nitro
+    assert J.on_ec2()
