@@ -286,6 +286,7 @@ def verify_shards(shard_dir: str | Path, vocab_size: int | None = None, workers:
                 raise ShardError(f"{problem}; {REWRITE_HINT}")
     return index
 
+
 class PackedBlocks(Dataset):
     """Map-style dataset of the packed blocks in a shard folder: item i is block i as a LongTensor of `block`
     tokens. Shards are memory-mapped (read lazily, page by page), so the data may be far larger than RAM, and the
