@@ -220,8 +220,9 @@ def _has_file_hashes(folder: Path) -> bool:
 
 
 def _stamp(path: Path) -> list[int]:
-    """What changes whenever a file's content is written: size, modification and status-change times, inode. The
-    status-change time cannot be set back by a program, so an edit that restores the modification time still shows."""
+    """What changes whenever a file's content is written: size, modification and status-change times, inode. On Linux
+    and macOS no program can set the status-change time back, so an edit that restores the modification time still
+    shows (Windows reports the creation time there instead)."""
     info = path.stat()
     return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
 
