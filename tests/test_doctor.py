@@ -193,7 +193,8 @@ def test_exit_status_is_one_exactly_when_a_check_says_problem(monkeypatch, capsy
     assert capsys.readouterr().out.splitlines()[:2] == ["warning  disk      low", f"{'':18} fix: x"]
     monkeypatch.setattr(doctor, "run_checks", lambda *a, **k: [doctor.Check("disk", doctor.PROBLEM, "full", "rm")])
     assert doctor.main(["--json"]) == 1
-    assert json.loads(capsys.readouterr().out)[0] == {"name": "disk", "status": "problem", "detail": "full", "fix": "rm"}
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row == {"name": "disk", "status": "problem", "detail": "full", "fix": "rm"}
 
 
 def test_before_setup_it_runs_on_a_bare_python_and_says_make_setup(tmp_path):
