@@ -152,3 +152,16 @@ def test_a_default_size_run_measures_matmul_throughput_first(tmp_path, monkeypat
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert calls == [course.REFERENCE_MATMUL_SIZE]
     assert json.loads((run_dir / "summary.json").read_text())["matmul"]["gflops"] == 50.0
+
+
+def test_a_killed_kernel_is_reported_with_the_out_of_memory_fix(tmp_path):
+    """The out-of-memory killer ends a kernel with SIGKILL; the report says what that usually means and the fix."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _write(notebooks / "01_oom.ipynb", new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
+    assert course.run_course(smoke=True, runs_dir=tmp_path / "runs", timeout_s=60, notebooks_dir=notebooks) == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    error = json.loads((run_dir / "summary.json").read_text())["notebooks"][0]["error"]
+    assert error["ename"] == "DeadKernelError" and error["evalue"] == "Kernel died"
+    assert "memory runs out" in error["hint"] and "--smoke --only 01" in error["hint"]
+    assert "TROUBLESHOOTING.md" in error["hint"] and "memory runs out" in (run_dir / "index.html").read_text()

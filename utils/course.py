@@ -286,6 +286,20 @@ class PeakMemory:
             self._stop.wait(self.interval_s)
 
 
+def dead_kernel_hint(peak_bytes: int, notebook: str) -> str:
+    """What to tell a reader whose kernel died: almost always the kernel ran out of memory and the system's
+    out-of-memory killer ended it with SIGKILL, which leaves no Python traceback behind."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    return (
+        f"The kernel was killed, most often by the system when memory runs out: it had reached "
+        f"{format_memory(peak_bytes / 1e6)} of this machine's {format_memory(total / 1e6)}. Fix: close other "
+        f"programs and rerun, or run it at smoke size (python -m utils.course run --smoke --only {notebook[:2]}); "
+        "see TROUBLESHOOTING.md, 'The kernel appears to have died'."
+    )
+
+
 def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> NotebookResult:
     """Execute one notebook headless with papermill into `run_dir`; never raises for a notebook failure."""
     import nbformat
@@ -306,6 +320,8 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
         except Exception as err:  # noqa: BLE001 - any failure of one notebook is reported, the run goes on
             error = _describe_failure(err)
     wall = time.perf_counter() - start
+    if error and error["ename"] == "DeadKernelError":
+        error["hint"] = dead_kernel_hint(memory.peak_bytes, source.name)
     figures: list[Path] = []
     if executed.exists():
         figures = extract_figures(nbformat.read(executed, as_version=4), run_dir / "figures", source.stem)
@@ -357,6 +373,7 @@ def write_report(
         if r.error:
             where = f"cell {r.error['cell_index']}: " if r.error.get("cell_index") is not None else ""
             problem = f"<br><b>{esc(where + r.error['ename'])}</b>: {esc(str(r.error['evalue']))[:500]}"
+            problem += f"<br>{esc(r.error['hint'])}" if r.error.get("hint") else ""
         rows.append(
             f"<tr class='{r.status}'><td><a href='{esc(r.notebook)}'>{esc(r.notebook)}</a></td>"
             f"<td>{r.status}{problem}</td><td>{r.wall_s:.1f}</td><td>{format_memory(r.peak_rss_mb)}</td>"
@@ -406,6 +423,7 @@ def run_course(
         result = run_notebook(source, run_dir, smoke, timeout_s)
         results.append(result)
         detail = f" - {result.error['ename']}: {str(result.error['evalue'])[:200]}" if result.error else ""
+        detail += f"\n    {result.error['hint']}" if result.error and result.error.get("hint") else ""
         took = f"{result.wall_s:.1f} s, peak memory {format_memory(result.peak_rss_mb)}"
         print(f"[{i}/{len(notebooks)}] {source.name}: {result.status} in {took}{detail}", flush=True)
         if update_notebooks and result.status == "passed":
