@@ -47,8 +47,17 @@ $(BIN)/python:
 		f"The course needs Python 3.11.5-3.12 (its pins, numpy 2.4 and transformers 5 among them, need 3.11+); {sys.executable} is {v[0]}.{v[1]}.{v[2]}.\nFix: install Python 3.11 (pyenv install 3.11, conda, or python.org), then run: make PYTHON=/path/to/python3.11 setup   (make doctor checks the rest)")'
 	$(PYTHON) -m venv $(VENV)
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs PyTorch's CPU build of the pinned version first: on Linux
+# without a GPU that saves several GB of CUDA libraries (see TROUBLESHOOTING.md).
+TORCH_PIN = $(shell sed -n 's/^torch==\([^ #]*\).*/\1/p' requirements.txt)
+export COURSE_PIP_HELP := pip could not install the pinned requirements; its last lines above say why. SSLError or ProxyError: set \
+	HTTPS_PROXY and PIP_CERT. "gcc" or "Python.h" missing: install a C compiler and the Python headers. "Requires-Python": \
+	use Python 3.11.5-3.12. Each is in TROUBLESHOOTING.md; make doctor checks this machine.
+
 $(INSTALLED): requirements.txt pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.txt
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --disable-pip-version-check --quiet torch==$(TORCH_PIN) \
+		--index-url $(TORCH_INDEX) || { echo "$$COURSE_PIP_HELP" >&2; exit 1; })
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.txt || { echo "$$COURSE_PIP_HELP" >&2; exit 1; }
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --no-deps -e .
 	touch $@
 
@@ -77,7 +86,7 @@ test-browser: setup
 
 # Newest releases of the core libraries in .venv-canary (torch stays at its pin unless CANARY_TORCH=1); slow.
 canary: setup
-	$(BIN)/python tools/canary.py --python "$(PYTHON)"
+	$(BIN)/python tools/canary.py --python "$(PYTHON)" $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 clean:
 	rm -rf $(VENV) runs data/cache

@@ -154,7 +154,7 @@ def test_kernel_missing_is_a_warning_and_one_without_the_course_a_problem():
 def test_cuda_torch_without_a_gpu_is_a_warning_with_the_cpu_index():
     assert doctor.check_torch_build(PROBE) is None
     check = doctor.check_torch_build({**PROBE, "torch": "2.13.0", "torch_cuda": "12.8"})
-    assert check.status == doctor.WARNING and "download.pytorch.org/whl/cpu" in check.fix
+    assert check.status == doctor.WARNING and "make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu" in check.fix
 
 
 def test_loopback_failure_is_a_problem(monkeypatch):

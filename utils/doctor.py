@@ -44,9 +44,10 @@ COURSE_KERNEL_DISPLAY = "Python (pretrain course)"
 LAB_PORT = 8888  # JupyterLab's default; `make lab LAB_PORT=...` changes it
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
-#: Disk the course needs, in GB, measured on the reference machine (2026-11-23, Linux, Python 3.11): `.venv` with
-#: the CPU build of torch 6.0 GB (`du -sh .venv`), the unpacked assets 0.9 GB (`du -sh data/cache`), pip's cache
-#: of the downloaded wheels about 2 GB on a first install, runs/ and notebook outputs under 1 GB.
+#: Disk the course needs, in GB. Measured on the reference machine (2026-11-28, Linux, Python 3.11): `.venv` with the
+#: CPU build of torch 2.8 GB, the unpacked assets 0.7 GB (`du -sh .venv data/cache`). With Linux's default CUDA
+#: build of torch, its wheels alone are 2.8 GB to download (torch 2.14.1 and its nvidia-* set) and several GB more
+#: once installed; pip keeps a cache of what it downloads; runs/ and outputs stay under 1 GB.
 DISK_SETUP_GB = 10.0
 DISK_AFTER_SETUP_GB = 2.0
 
@@ -434,8 +435,7 @@ def check_torch_build(probe: dict[str, Any] | None) -> Check | None:
         "torch", WARNING,
         f"torch {probe['torch']} is a CUDA {probe['torch_cuda']} build (several GB with its nvidia-* packages) and "
         "no GPU is visible",
-        "rm -rf .venv && python3.11 -m venv .venv && .venv/bin/pip install torch==2.13.0 "
-        "--index-url https://download.pytorch.org/whl/cpu && make setup",
+        "rm -rf .venv && make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu",
     )  # fmt: skip
 
 
