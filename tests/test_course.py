@@ -103,6 +103,7 @@ def test_a_run_reports_passes_failures_metrics_and_figures(tmp_path):
     assert all(40 < by_name[n]["peak_rss_mb"] < 2000 for n in by_name)
     assert "peak memory (kernel)" in page and " MB</td>" in page
     assert summary["matmul"] is None  # measured at default size only
+    assert len(summary["load_average_at_end"]) == 3
 
 
 def test_update_notebooks_refuses_smoke_size():

@@ -58,6 +58,7 @@ def record(summary_path: Path, timings_path: Path = TIMINGS) -> dict[str, Any]:
         "matmul_size": matmul["size"],
         "matmul_gflops": round(matmul["gflops"], 1),
         "run": summary["run"],
+        "load_average_at_end": summary.get("load_average_at_end"),
     }
     added = []
     for entry in summary["notebooks"]:

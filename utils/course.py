@@ -358,6 +358,9 @@ def write_report(
         "mode": "smoke" if smoke else "default",
         "machine": machine,
         "matmul": matmul,
+        # Other programs running at the same time slow every notebook down: how busy the machine was (the 1, 5 and
+        # 15-minute load averages when the run ended; a 2-core machine is saturated at 2).
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "passed": sum(r.status == "passed" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "notebooks": [asdict(r) for r in results],
