@@ -56,7 +56,7 @@ def test_record_merges_passed_notebooks_and_refuses_smoke_runs(tmp_path):
 def test_doctor_reads_what_record_writes(tmp_path):
     timings = course_timings.record(_summary(tmp_path), tmp_path / "timings.json")
     probe = {"threads": 2, "matmul": {"size": 1024, "gflops": 88.4}}
-    assert "make course about 6 min" in doctor.check_speed(probe, timings).detail
+    assert "2 notebooks with recorded times: about 6 min in all" in doctor.check_speed(probe, timings).detail
     assert "01, peaked at 2.5 GB" in doctor.check_memory(timings).detail
 
 

@@ -479,9 +479,9 @@ def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) ->
     slowest = max(walls, key=walls.__getitem__)
     detail += (
         f"; the reference machine ({reference.get('cores', '?')} cores) did {reference['matmul_gflops']:.0f}. "
-        f"Estimated here: make course about {format_duration(sum(walls.values()))} "
-        f"(reference {format_duration(sum(nb['wall_s'] for nb in timings['notebooks'].values()))}), the slowest "
-        f"notebook {slowest[:2]} about {format_duration(walls[slowest])}"
+        f"Estimated here, the {len(walls)} notebooks with recorded times: about {format_duration(sum(walls.values()))} "
+        f"in all (reference {format_duration(sum(nb['wall_s'] for nb in timings['notebooks'].values()))}), the "
+        f"slowest, {slowest[:2]}, about {format_duration(walls[slowest])}"
     )
     if factor > SLOW_CPU_FACTOR:
         return Check(
