@@ -56,12 +56,14 @@ SLOW_CPU_FACTOR = 3.0
 SETUP_FIX = "make setup"
 NOT_PROBED = "not checked: the course's virtual environment could not be probed (see the setup line)"
 
-#: Run inside the course's virtual environment: what only torch and jupyter_client can tell.
+#: Run by `.venv/bin/python` in a subprocess (this module may run on a Python without torch): what only torch,
+#: jupyter_client and utils.machine, installed in the course's environment, can tell.
 PROBE = r"""
-import json, sys
+import importlib, json, sys
 import torch
 from jupyter_client.kernelspec import KernelSpecManager
-from utils.machine import has_fast_cpu_bf16, measure_matmul_throughput
+machine = importlib.import_module("utils.machine")  # the course's, as installed in .venv
+has_fast_cpu_bf16, measure_matmul_throughput = machine.has_fast_cpu_bf16, machine.measure_matmul_throughput
 size = int(sys.argv[1])
 out = {
     "python": list(sys.version_info[:3]),
@@ -340,7 +342,7 @@ def check_disk(root: Path, venv_exists: bool) -> Check:
 def check_memory(timings: dict[str, Any] | None) -> Check:
     """Memory against the largest peak resident memory a notebook was measured to need at default size."""
     total, available = memory_gb()
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     peaks = {name: nb["peak_rss_mb"] / 1e3 for name, nb in (timings or {}).get("notebooks", {}).items()
              if nb.get("peak_rss_mb")}  # fmt: skip
     detail = f"{total:.1f} GB memory ({available:.1f} GB available), {cores} CPU core(s)"
