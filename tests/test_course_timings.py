@@ -41,6 +41,7 @@ def test_record_merges_passed_notebooks_and_refuses_smoke_runs(tmp_path):
     assert timings["reference"]["matmul_gflops"] == 88.4 and timings["reference"]["cores"] == 2
     assert timings["notebooks"]["00_course_tour.ipynb"] == {
         "wall_s": 31.2, "peak_rss_mb": 1234.5, "matmul_gflops": 88.4, "measured": "2026-11-23",
+        "load_average_15min": None,
     }  # fmt: skip
     later = json.loads(_summary(tmp_path, run="2026-11-30T10-00-00").read_text())
     later["notebooks"] = later["notebooks"][:1]
@@ -92,3 +93,19 @@ def test_readme_table_gets_a_time_and_memory_column_planned_rows_a_dash(tmp_path
     assert not course_timings.update_readme(timings, readme)  # idempotent
     outside = [line for line in text.splitlines() if not line.startswith("|")]
     assert outside == [line for line in (ROOT / "README.md").read_text().splitlines() if not line.startswith("|")]
+
+
+def test_times_from_a_busy_machine_stay_out_of_readme_and_notebooks_and_doctor_flags_them(tmp_path, capsys):
+    summary = json.loads(_summary(tmp_path).read_text())
+    summary["load_average_at_end"] = [11.7, 13.05, 12.68]  # 2 cores: other work was running
+    (tmp_path / "busy.json").write_text(json.dumps(summary))
+    timings = course_timings.record(tmp_path / "busy.json", tmp_path / "timings.json")
+    assert timings["notebooks"]["00_course_tour.ipynb"]["load_average_15min"] == 12.68
+    readme = tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    course_timings.update_readme(timings, readme)
+    assert "| 1 | - | ready |" in readme.read_text() and "left out, timed on a busy machine" in capsys.readouterr().out
+    course_timings.update_readme(timings, readme, allow_busy=True)
+    assert "| 1 | 6 min, 2.5 GB | ready |" in readme.read_text()
+    probe = {"threads": 2, "matmul": {"size": 1024, "gflops": 88.4}}
+    assert "rough: 00, 01 were timed while the reference machine was busy" in doctor.check_speed(probe, timings).detail

@@ -10,6 +10,10 @@ alone) and stores, with each notebook, the matrix-multiply throughput measured a
 from different runs scale correctly. Only default-size runs and passed notebooks are accepted. The other two
 commands rewrite only the lines they own: the "time and memory" column of the README table and the line starting
 with `**Runs in:**` in each notebook's first cell (inserted after the "Book chapter" line the first time).
+
+Times measured while other work competed for the CPUs (15-minute load average above the core count, recorded by the
+runner) stay in the data file, where `make doctor` flags them, but `readme` and `notebooks` leave them out unless
+`--allow-busy`: a reader should not be told a notebook takes three times longer than it does.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def record(summary_path: Path, timings_path: Path = TIMINGS) -> dict[str, Any]:
             "peak_rss_mb": entry["peak_rss_mb"],
             "matmul_gflops": round(matmul["gflops"], 1),
             "measured": measured,
+            "load_average_15min": (summary.get("load_average_at_end") or [None] * 3)[2],
         }
         added.append(entry["notebook"])
     if not added:
@@ -102,13 +107,34 @@ def with_runs_in(text: str, line: str) -> str:
     return "\n".join(lines)
 
 
+def measured_on_a_busy_machine(entry: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether other work competed for the CPUs during the run (15-minute load average above the core count):
+    its times are then too long to print as what a reader should expect."""
+    load, cores = entry.get("load_average_15min"), reference.get("cores")
+    return bool(load and cores and load > cores)
+
+
+def publishable(timings: dict[str, Any], allow_busy: bool = False) -> dict[str, dict[str, Any]]:
+    """The notebooks whose times may go into README.md and the notebooks; says which are held back and why."""
+    kept = {}
+    for name, entry in timings["notebooks"].items():
+        if measured_on_a_busy_machine(entry, timings["reference"]) and not allow_busy:
+            load, cores = entry["load_average_15min"], timings["reference"]["cores"]
+            print(f"{name}: left out, timed on a busy machine (load {load} on {cores} cores); rerun it when the "
+                  "machine is quiet, or pass --allow-busy")  # fmt: skip
+            continue
+        kept[name] = entry
+    return kept
+
+
 def update_notebooks(
-    timings: dict[str, Any], only: set[str] | None = None, notebooks_dir: Path = NOTEBOOKS
+    timings: dict[str, Any], only: set[str] | None = None, notebooks_dir: Path = NOTEBOOKS, allow_busy: bool = False
 ) -> list[str]:
     """Write the Runs-in line into the first cell of every notebook the timings cover; return the names changed."""
     changed = []
+    entries = publishable(timings, allow_busy)
     for path in sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb")):
-        entry = timings["notebooks"].get(path.name)
+        entry = entries.get(path.name)
         if entry is None or (only and path.name[:2] not in only):
             continue
         notebook = nbformat.read(path, as_version=4)
@@ -121,7 +147,7 @@ def update_notebooks(
     return changed
 
 
-def update_readme(timings: dict[str, Any], readme: Path = README) -> bool:
+def update_readme(timings: dict[str, Any], readme: Path = README, allow_busy: bool = False) -> bool:
     """Give the README's course table (header `| # | notebook |`) a time-and-memory column filled from the
     timings; planned chapters get "-". Return whether the file changed."""
     text = readme.read_text(encoding="utf-8")
@@ -131,7 +157,7 @@ def update_readme(timings: dict[str, Any], readme: Path = README) -> bool:
         raise SystemExit(f"{readme} has no course table (a line starting '| # | notebook |')")
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
     has_column = TABLE_COLUMN in header
-    by_number = {name[:2]: entry for name, entry in timings["notebooks"].items()}
+    by_number = {name[:2]: entry for name, entry in publishable(timings, allow_busy).items()}
     end = start + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
@@ -163,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="merge a default-size run's summary.json into data/course_timings.json")
     rec.add_argument("summary", type=Path)
-    sub.add_parser("readme", help="fill the time-and-memory column of README.md's course table")
+    readme = sub.add_parser("readme", help="fill the time-and-memory column of README.md's course table")
     nbs = sub.add_parser("notebooks", help="write the Runs-in line into each notebook's first cell")
     nbs.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    for command in (readme, nbs):
+        command.add_argument("--allow-busy", action="store_true", help="also times measured on a busy machine")
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args.summary)
@@ -174,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no {TIMINGS.relative_to(ROOT)} yet: run `tools/course_timings.py record <summary.json>`")
     timings = json.loads(TIMINGS.read_text(encoding="utf-8"))
     if args.command == "readme":
-        print("README.md updated" if update_readme(timings) else "README.md already up to date")
+        print("README.md updated" if update_readme(timings, allow_busy=args.allow_busy) else "README.md unchanged")
     else:
         only = {part.strip().zfill(2) for part in args.only.split(",")} if args.only else None
-        changed = update_notebooks(timings, only)
+        changed = update_notebooks(timings, only, allow_busy=args.allow_busy)
         print(f"updated: {', '.join(changed)}" if changed else "notebooks already up to date")
     return 0
 

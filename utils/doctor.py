@@ -485,6 +485,10 @@ def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) ->
         f"in all (reference {format_duration(sum(nb['wall_s'] for nb in timings['notebooks'].values()))}), the "
         f"slowest, {slowest[:2]}, about {format_duration(walls[slowest])}"
     )
+    busy = [name[:2] for name, nb in timings["notebooks"].items()
+            if (nb.get("load_average_15min") or 0) > (reference.get("cores") or 10**6)]  # fmt: skip
+    if busy:
+        detail += f" (rough: {', '.join(busy)} were timed while the reference machine was busy with other work)"
     if factor > SLOW_CPU_FACTOR:
         return Check(
             "speed", WARNING, f"very slow CPU ({factor:.1f}x slower than the reference): {detail}",
