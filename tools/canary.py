@@ -93,7 +93,7 @@ def write_report(out: Path, facts: dict[str, Any]) -> Path:
     lines = [f"# Canary {out.name}", "", f"torch: {facts['torch_policy']}", "", "| library | pinned | canary |",
              "|---|---|---|"]  # fmt: skip
     for name, (pinned, newest) in facts["versions"].items():
-        moved = "" if pinned == newest else " (moved)"
+        moved = "" if pinned == newest.split("+")[0] else " (moved)"
         lines.append(f"| {name} | {pinned} | {newest}{moved} |")
     lines += ["", f"Install: {facts['install']}", ""]
     for part in ("unit", "notebooks"):
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             total, failures = junit_failures(out / "notebooks.xml")
             facts["notebooks"] = {"total": total, "failures": failures}
     broken = [f for part in ("unit", "notebooks") for f in facts.get(part, {}).get("failures", [])]
-    moved = [name for name, (pinned, now) in facts["versions"].items() if pinned != now]
+    moved = [name for name, (pinned, now) in facts["versions"].items() if pinned != now.split("+")[0]]
     if not install_ok:
         facts["verdict"] = "the newest core libraries do not install together with the other pins (see Install)"
     elif broken:
