@@ -70,7 +70,7 @@ def test_python_check_names_the_version_and_how_to_get_a_good_one():
     facts = {"version": [3, 10, 14], "executable": "/usr/bin/python3"}
     check = doctor.check_python("/usr/bin/python3", facts, in_venv=False)
     assert check.status == doctor.PROBLEM and "3.10.14" in check.detail and "3.11.5-3.12" in check.detail
-    assert "make PYTHON=python3.11 setup" in check.fix
+    assert "make PYTHON=/path/to/python3.11 setup" in check.fix
     assert doctor.check_python("python3", {**facts, "version": [3, 11, 9]}, in_venv=False).status == doctor.OK
     assert doctor.check_python("/nonexistent/python", None, in_venv=False).status == doctor.PROBLEM
     assert "rm -rf .venv" in doctor.check_python("x", facts, in_venv=True).fix

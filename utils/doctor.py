@@ -279,9 +279,9 @@ def python_install_hint(range_text: str) -> str:
         get = "brew install python@3.11 (or pyenv install 3.11)"
     elif system == "Windows":
         get = "install Python 3.11 from python.org (or use WSL)"
-    else:
-        get = "pyenv install 3.11 (or your distribution's python3.11 package, or conda create -n course python=3.11)"
-    return f"{get}, then: make PYTHON=python3.11 setup  (the course needs {range_text})"
+    else:  # not the distribution's package: Debian 12's python3.11 is 3.11.2, below the range
+        get = "pyenv install 3.11 (or conda create -n course python=3.11)"
+    return f"{get}, then: make PYTHON=/path/to/python3.11 setup  (the course needs {range_text})"
 
 
 def check_python(python: str, facts: dict[str, Any] | None, in_venv: bool) -> Check:
