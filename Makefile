@@ -80,7 +80,8 @@ lab: setup
 	$(LAB_ENV) $(BIN)/jupyter lab $(LAB_DIR) --port $(LAB_PORT) $(LAB_ARGS) \
 		$(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers, cloud boxes
 
-# Playwright drives the Chromium found on the machine (Debian/Ubuntu: apt-get install chromium); skipped if none.
+# Playwright drives the Chromium found on the machine (Debian: apt-get install chromium; else CHROMIUM=/path/to/chrome);
+# skipped, saying so, if there is none.
 test-browser: setup
 	COURSE_BROWSER_TEST=1 $(BIN)/python -m pytest tests/browser -v
 
