@@ -59,8 +59,9 @@ def test_makefile_and_doctor_accept_the_same_pythons_as_pyproject(tmp_path, vers
 def test_make_setup_with_an_old_python_stops_with_the_fix_and_creates_nothing(tmp_path):
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     old = fake_python(tmp_path, (3, 11, 2))  # Debian 12's python3.11
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # not a sub-make
     result = subprocess.run(["make", ".venv/bin/python", f"PYTHON={old}"], cwd=tmp_path, capture_output=True,
-                            text=True)  # fmt: skip
+                            text=True, env=env)  # fmt: skip
     assert result.returncode != 0 and not (tmp_path / ".venv").exists()
     assert "The course needs Python 3.11.5-3.12" in result.stderr and "is 3.11.2." in result.stderr
     assert "Fix: install Python 3.11" in result.stderr
