@@ -2,6 +2,7 @@
 runner and make doctor produce for a known failure is regenerated here (the failure simulated) and must appear in
 the page word for word, with its fix. Every entry says the message, why, and the fix."""
 
+import hashlib
 import json
 import os
 import re
@@ -88,15 +89,27 @@ def test_a_failed_pip_install_prints_the_makefiles_hint(tmp_path):
 
 
 def test_asset_messages_are_the_ones_utils_assets_raises(tmp_path, monkeypatch):
+    """Missing (smollm2), truncated (minilm), changed in place (shakespeare) and cached by an older course (the
+    manifest without per-file hashes, as a cache from before verify-on-load has)."""
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "cache" / "minilm"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
-    (folder / ".complete.json").write_text(json.dumps({"files": {"config.json": 999}}))
-    for name in ("smollm2", "minilm"):
+    original = b"{}"
+    for name, content in (("minilm", b"{"), ("shakespeare", b"[]")):
+        folder = tmp_path / "cache" / name
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_bytes(content)
+        entry = {"bytes": len(original), "sha256": hashlib.sha256(original).hexdigest()}
+        (folder / ".complete.json").write_text(json.dumps({"files": {"config.json": entry}}))
+    older = tmp_path / "cache" / "older" / "minilm"
+    for name in ("smollm2", "minilm", "shakespeare"):
         with pytest.raises(assets.AssetError) as raised:
             assets.verify(name)
         _quoted(f"utils.assets.AssetError: {raised.value}".replace(str(tmp_path / "cache"), "data/cache"))
+    older.mkdir(parents=True)
+    (older / ".complete.json").write_text(json.dumps({"files": {"config.json": 2}}))
+    monkeypatch.setenv("COURSE_CACHE", str(older.parent))
+    with pytest.raises(assets.AssetError) as raised:
+        assets.verify("minilm")
+    _quoted(f"utils.assets.AssetError: {raised.value}")
 
 
 def test_dead_kernel_hint_is_the_runners(monkeypatch):
