@@ -235,8 +235,6 @@ def pytorch_container_main() -> None:
     )
 
 
-
-
 def container_command(processes_per_host: int) -> str:
     """The command a course `ModelTrainer` job runs (`SourceCode(command=...)`): `exec` replaces the SDK's shell with
     torchrun, which then is the container's PID 1, receives `docker stop`'s SIGTERM and forwards it to every rank;
@@ -345,13 +343,17 @@ def container_init(process: subprocess.Popen) -> int:
     raise RuntimeError(f"the container of process {process.pid} has no first process")
 
 
-def stop_container(process: subprocess.Popen, grace_seconds: float = 10) -> None:
+def stop_container(process: subprocess.Popen, grace_seconds: float = 10) -> bool:
     """`docker stop`: SIGTERM to the container's PID 1, from outside its namespace, so the kernel delivers it only if
-    PID 1 handles SIGTERM; after `grace_seconds` SIGKILL to PID 1, which ends every process in the container."""
+    PID 1 handles SIGTERM; after `grace_seconds` SIGKILL to PID 1, which ends every process in the container.
+    Returns whether the SIGKILL was needed (the container had not ended within the grace period)."""
     init = container_init(process)
     with contextlib.suppress(ProcessLookupError):
         os.kill(init, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace_seconds)
+    if process.poll() is not None:
+        return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(init, signal.SIGKILL)
+    return True
