@@ -73,6 +73,13 @@ def test_a_failing_entry_point_reports_its_failure(tmp_path, shards, source):
     assert any("must be a multiple of --heads" in line for line in job.log)  # what the job's log says
 
 
+def test_script_mode_sources_carry_the_requirements_the_trials_install(tmp_path, source):
+    assert not (source / "requirements.txt").exists()  # the toolkit here would pip-install it (the network)
+    tuning = L.stage_source(tmp_path / "tuning", script_mode=True)
+    assert (tuning / "requirements.txt").read_text() == (source / "requirements-container.txt").read_text()
+    assert "transformers==" in (tuning / "requirements.txt").read_text()
+
+
 def test_bad_job_folders_fail_before_running(tmp_path, shards, source):
     with pytest.raises(FileNotFoundError, match="stage_source"):
         L.write_job_folder(tmp_path, tmp_path, {"training": shards}, {})

@@ -53,17 +53,23 @@ HOST = "algo-1"  # SageMaker names a job's hosts algo-1, algo-2, ...
 FRAMEWORK_MODULE = "utils.sagemaker_local:pytorch_container_main"
 
 
-def stage_source(destination: str | Path, repo: Path = REPO) -> Path:
+def stage_source(destination: str | Path, repo: Path = REPO, script_mode: bool = False) -> Path:
     """Copy what a training job needs (`train.py`, the `utils` package and `container/requirements.txt` as
     `requirements-container.txt`) into `destination`, replacing it. This folder is the job's source code, uploaded
     by ModelTrainer's `SourceCode(source_dir=...)` or copied to `<base>/code` by the toolkit. The requirements file
     is deliberately not named `requirements.txt`: the toolkit pip-installs a file of that name, which needs the
-    network; ModelTrainer installs it only when asked to (`SourceCode(requirements=...)`)."""
+    network; ModelTrainer installs it only when asked to (`SourceCode(requirements=...)`).
+
+    `script_mode=True` adds the same pins as `requirements.txt`, for jobs the training toolkit starts in script mode
+    (the trials of a tuning job), which install that file and nothing else: the stock PyTorch image lacks
+    transformers. Leave it off for folders the toolkit runs here offline (`write_job_folder`)."""
     destination = Path(destination)
     shutil.rmtree(destination, ignore_errors=True)
     shutil.copytree(repo / "utils", destination / "utils", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(repo / "train.py", destination / "train.py")
     shutil.copy2(repo / "container" / "requirements.txt", destination / "requirements-container.txt")
+    if script_mode:
+        shutil.copy2(repo / "container" / "requirements.txt", destination / "requirements.txt")
     return destination
 
 
