@@ -22,8 +22,16 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).with_name("fault_injection.py")
 # A model small enough that a step takes milliseconds: the tests are about the program, not the model.
-TINY = {"layers": 1, "width": 32, "heads": 2, "batch_size": 4, "warmup": 2, "log_every": 1, "peak_flops": 1e11,
-        "lr": 3e-3}  # fmt: skip
+TINY = {
+    "layers": 1,
+    "width": 32,
+    "heads": 2,
+    "batch_size": 4,
+    "warmup": 2,
+    "log_every": 1,
+    "peak_flops": 1e11,
+    "lr": 3e-3,
+}
 
 
 def learnable_documents(count: int, seed: int = 0) -> list[list[int]]:

@@ -72,11 +72,31 @@ def argv(tiny):
 
 # ------------------------------------------------------------------------------------------ refused settings
 
-BAD_VALUES = {"layers": 0, "width": 0, "heads": 0, "batch_size": 0, "grad_accum": 0, "steps": 0, "lr": 0,
-              "warmup": -1, "min_lr_ratio": -1, "weight_decay": -0.1, "clip": -1, "workers": -1, "log_every": 0,
-              "eval_every": -1, "eval_batches": 0, "checkpoint_every": -1, "keep_checkpoints": 0, "peak_flops": -1,
-              "preflight_gflops": -1, "preflight_tolerance": 0, "collective_timeout": 0, "max_bad_steps": -1,
-              "seed": -1}  # fmt: skip
+BAD_VALUES = {
+    "layers": 0,
+    "width": 0,
+    "heads": 0,
+    "batch_size": 0,
+    "grad_accum": 0,
+    "steps": 0,
+    "lr": 0,
+    "warmup": -1,
+    "min_lr_ratio": -1,
+    "weight_decay": -0.1,
+    "clip": -1,
+    "workers": -1,
+    "log_every": 0,
+    "eval_every": -1,
+    "eval_batches": 0,
+    "checkpoint_every": -1,
+    "keep_checkpoints": 0,
+    "peak_flops": -1,
+    "preflight_gflops": -1,
+    "preflight_tolerance": 0,
+    "collective_timeout": 0,
+    "max_bad_steps": -1,
+    "seed": -1,
+}
 
 
 def test_every_numeric_setting_has_a_bad_value_test():
@@ -280,8 +300,17 @@ def test_a_stopped_rank_fails_the_job_after_the_collective_timeout_naming_the_ra
     settings = tiny(output=str(tmp_path), steps=6, checkpoint_every=1, strategy="ddp", collective_timeout=3)
     env = PROGRAM_ENV | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 500)}
     command = [sys.executable, str(FAULTS), "stall:2:1", *S.command_line(settings)]
-    ranks = [subprocess.Popen(command, cwd=ROOT, env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
+    ranks = [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in (0, 1)
+    ]
     try:
         start = time.perf_counter()
         code = ranks[0].wait(timeout=120)
@@ -305,8 +334,14 @@ def test_kill_9_at_every_save_point_loses_nothing(tiny, tmp_path):
     reference = S.command_line(tiny(output=str(tmp_path / "whole"), steps=8, checkpoint_every=2))
     assert run_main(reference)[0] == 0
     flags = S.command_line(tiny(output=str(tmp_path / "cut"), steps=8, checkpoint_every=2))
-    done = subprocess.run([sys.executable, str(FAULTS), "kill-loop:2:2:4:6", *flags], cwd=ROOT, env=PROGRAM_ENV,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(FAULTS), "kill-loop:2:2:4:6", *flags],
+        cwd=ROOT,
+        env=PROGRAM_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = [line for line in done.stdout.splitlines() if line.startswith(("killed", "final"))]
     assert report == [

@@ -91,9 +91,14 @@ def test_bad_job_folders_fail_before_running(tmp_path, shards, source):
 
 def test_metric_regexes_scrape_the_programs_lines():
     lines = ["step=3; loss=4.25; lr=0.0003; grad_norm=0.5; tokens_per_s=1.2e+04; mfu=0.41;", "step=3; val_loss=4.5;"]
-    assert L.scrape_metrics(lines) == {"train:loss": [4.25], "train:lr": [0.0003], "train:grad_norm": [0.5],
-                                       "train:tokens_per_second": [12000.0], "train:mfu": [0.41],
-                                       "validation:loss": [4.5]}  # fmt: skip
+    assert L.scrape_metrics(lines) == {
+        "train:loss": [4.25],
+        "train:lr": [0.0003],
+        "train:grad_norm": [0.5],
+        "train:tokens_per_second": [12000.0],
+        "train:mfu": [0.41],
+        "validation:loss": [4.5],
+    }
 
 
 def test_the_command_modeltrainers_torchrun_driver_builds_trains(tmp_path, shards, source):
@@ -101,14 +106,22 @@ def test_the_command_modeltrainers_torchrun_driver_builds_trains(tmp_path, shard
     command as the container would (code folder as working directory, SM_* variables set)."""
     from utils import sagemaker_jobs as J
 
-    hyperparameters = TINY | {"steps": 3, "strategy": "ddp", "compile": False, "activation-checkpointing": True,
-                              "checkpoint-dir": str(tmp_path / "checkpoints")}  # fmt: skip
+    hyperparameters = TINY | {
+        "steps": 3,
+        "strategy": "ddp",
+        "compile": False,
+        "activation-checkpointing": True,
+        "checkpoint-dir": str(tmp_path / "checkpoints"),
+    }
     with J.offline_sagemaker() as aws:
         trainer = J.gpt_trainer(aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=2)
         command = J.driver_command(trainer)
     assert command[:4] == ["torchrun", "--nnodes=1", "--nproc_per_node=2", "train.py"] and "false" in command
-    env = L.job_environment(tmp_path) | {"SM_CHANNEL_TRAINING": str(shards), "SM_MODEL_DIR": str(tmp_path / "model"),
-                                         "SM_HPS": json.dumps(hyperparameters)}  # fmt: skip
+    env = L.job_environment(tmp_path) | {
+        "SM_CHANNEL_TRAINING": str(shards),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_HPS": json.dumps(hyperparameters),
+    }
     done = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training: 2 rank(s)" in done.stdout and (tmp_path / "model" / "model" / "model.safetensors").exists()
@@ -124,8 +137,9 @@ def modeltrainer_container(folder: Path, source: Path, shards: Path, hyperparame
     from utils import sagemaker_jobs as J
 
     with J.offline_sagemaker() as aws:
-        trainer = J.gpt_trainer(aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=1,
-                                install_requirements=False)  # fmt: skip
+        trainer = J.gpt_trainer(
+            aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=1, install_requirements=False
+        )
         if command:
             trainer.source_code.command = L.container_command(1)
         J.start_training(trainer, J.upload_channel(aws, shards, "course/shards"))

@@ -118,8 +118,9 @@ def test_sigterm_checkpoints_then_resume_matches(tiny, tmp_path, run_here):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the program put the previous handler back
 
 
-def test_ddp_matches_one_process_and_a_sigterm_to_torchrun_resumes_exactly(tiny, validation_shards, tmp_path, run_here,
-                                                                            run_program):  # fmt: skip
+def test_ddp_matches_one_process_and_a_sigterm_to_torchrun_resumes_exactly(
+    tiny, validation_shards, tmp_path, run_here, run_program
+):
     """Two DDP ranks (pre-flight on, validation on) reproduce one process on the same global batch; SIGTERM to
     torchrun (which forwards it to every rank) stops both after a checkpoint, and the resumed job continues
     exactly where the uninterrupted 2-rank job went."""
@@ -136,8 +137,14 @@ def test_ddp_matches_one_process_and_a_sigterm_to_torchrun_resumes_exactly(tiny,
     assert json.loads((tmp_path / "ddp" / "memory.json").read_text()) == [single, single]  # every rank holds all
 
     cut = tiny(output=str(tmp_path / "cut"), strategy="ddp", **common)
-    process = subprocess.Popen(program_command(cut, ranks=2), cwd=ROOT, env=PROGRAM_ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        program_command(cut, ranks=2),
+        cwd=ROOT,
+        env=PROGRAM_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in process.stdout:
         if line.startswith("step=3;"):
             process.send_signal(signal.SIGTERM)
@@ -178,8 +185,17 @@ def test_vit_trains_on_images_one_and_two_ranks(tmp_path, run_here, run_program)
 
     digits = load_digits()
     loaders.write_image_arrays(tmp_path / "digits", digits.images[:, None] / 16, digits.target)
-    common = {"model": "vit", "data": str(tmp_path / "digits"), "steps": 4, "checkpoint_every": 0, "layers": 1,
-              "width": 32, "heads": 2, "log_every": 1, "peak_flops": 1e11}  # fmt: skip
+    common = {
+        "model": "vit",
+        "data": str(tmp_path / "digits"),
+        "steps": 4,
+        "checkpoint_every": 0,
+        "layers": 1,
+        "width": 32,
+        "heads": 2,
+        "log_every": 1,
+        "peak_flops": 1e11,
+    }
     assert run_here(S.TrainSettings(output=str(tmp_path / "one"), batch_size=16, **common))[0] == 0
     two = run_program(S.TrainSettings(output=str(tmp_path / "two"), batch_size=8, strategy="ddp", **common), ranks=2)
     assert two.returncode == 0, two.stderr[-2000:]
@@ -209,14 +225,26 @@ def test_compiled_training_matches_eager_and_saves_a_plain_model(tiny, tmp_path,
     assert not any(name.startswith("_orig_mod") for name in names)
 
 
-def test_settings_precedence_flag_over_sagemaker_environment_over_default(shards, validation_shards, tmp_path,
-                                                                          monkeypatch):  # fmt: skip
+def test_settings_precedence_flag_over_sagemaker_environment_over_default(
+    shards, validation_shards, tmp_path, monkeypatch
+):
     other = tmp_path / "channel"
     other.mkdir()
-    env = {"SM_HPS": json.dumps({"steps": 7, "grad_accum": 2, "activation-checkpointing": True, "compile": False,
-                                 "lr": 0.5, "_tuning_objective_metric": "validation:loss"}),
-           "SM_CHANNEL_TRAINING": str(other), "SM_CHANNEL_VALIDATION": str(validation_shards),
-           "SM_MODEL_DIR": str(tmp_path / "model")}  # fmt: skip
+    env = {
+        "SM_HPS": json.dumps(
+            {
+                "steps": 7,
+                "grad_accum": 2,
+                "activation-checkpointing": True,
+                "compile": False,
+                "lr": 0.5,
+                "_tuning_objective_metric": "validation:loss",
+            }
+        ),
+        "SM_CHANNEL_TRAINING": str(other),
+        "SM_CHANNEL_VALIDATION": str(validation_shards),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+    }
     settings = S.parse_settings(["--lr", "0.01", "--data", str(shards)], env)
     assert (settings.steps, settings.grad_accum, settings.lr, settings.width) == (
         7,
@@ -239,8 +267,13 @@ def test_settings_precedence_flag_over_sagemaker_environment_over_default(shards
 
 def test_switches_accept_the_values_sagemaker_launchers_pass(shards):
     # the training toolkit passes `--compile True`, ModelTrainer's drivers `--compile true`; people type `--compile`
-    for argv, expected in ((["--compile", "True"], True), (["--compile", "false"], False), (["--compile"], True),
-                           ([], False), (["--activation-checkpointing", "true", "--compile", "0"], False)):  # fmt: skip
+    for argv, expected in (
+        (["--compile", "True"], True),
+        (["--compile", "false"], False),
+        (["--compile"], True),
+        ([], False),
+        (["--activation-checkpointing", "true", "--compile", "0"], False),
+    ):
         assert S.parse_settings(["--data", str(shards), *argv], {}).compile is expected
     both = S.parse_settings(["--data", str(shards), "--batch_size", "3", "--grad-accum", "2"], {})
     assert (both.batch_size, both.grad_accum) == (3, 2)
@@ -248,11 +281,26 @@ def test_switches_accept_the_values_sagemaker_launchers_pass(shards):
 
 def test_command_line_and_hyperparameters_round_trip(shards):
     settings = S.TrainSettings(data=str(shards), batch_size=3, lr=1e-3, compile=True, strategy="ddp")
-    assert S.command_line(settings) == ["--data", str(shards), "--batch-size", "3", "--lr", "0.001", "--strategy",
-                                        "ddp", "--compile", "true"]  # fmt: skip
+    assert S.command_line(settings) == [
+        "--data",
+        str(shards),
+        "--batch-size",
+        "3",
+        "--lr",
+        "0.001",
+        "--strategy",
+        "ddp",
+        "--compile",
+        "true",
+    ]
     assert S.parse_settings(S.command_line(settings), {}) == S.resolve_paths(settings, {})
-    assert S.hyperparameters(settings) == {"data": str(shards), "batch-size": 3, "lr": 1e-3, "strategy": "ddp",
-                                           "compile": True}  # fmt: skip
+    assert S.hyperparameters(settings) == {
+        "data": str(shards),
+        "batch-size": 3,
+        "lr": 1e-3,
+        "strategy": "ddp",
+        "compile": True,
+    }
     with pytest.raises(TypeError):
         S.TrainSettings(learning_rate=1e-3)  # a misspelt setting fails where it is typed
 

@@ -88,21 +88,8 @@ from utils.train_settings import (
 EXIT_PREFLIGHT, EXIT_NON_FINITE, EXIT_TIMEOUT, EXIT_SIGTERM = 3, 4, 5, 128 + signal.SIGTERM
 ADAMW_BETAS = (0.9, 0.95)  # as utils.pretraining and GPT-3 (Brown et al., 2020, appendix B)
 # Settings that define a run: resuming with any of them changed is refused. Everything else may change on resume.
-RUN_DEFINING = (
-    "model",
-    "layers",
-    "width",
-    "heads",
-    "batch_size",
-    "grad_accum",
-    "strategy",
-    "seed",
-    "lr",
-    "warmup",
-    "min_lr_ratio",
-    "weight_decay",
-    "clip",
-)
+RUN_DEFINING = ("model", "layers", "width", "heads", "batch_size", "grad_accum", "strategy", "seed")
+RUN_DEFINING += ("lr", "warmup", "min_lr_ratio", "weight_decay", "clip")  # the optimizer's recipe
 RESUMABLE_CHANGES = "steps (the cosine decay is recomputed for the new length from the resumed step on), " + ", ".join(
     f.name for f in dataclasses.fields(TrainSettings) if f.name not in (*RUN_DEFINING, "steps", "data")
 )
@@ -183,7 +170,9 @@ def setup_distributed(timeout_seconds: float) -> tuple[int, int, torch.device, A
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
         timeout = datetime.timedelta(seconds=timeout_seconds)
         host, port, is_master = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank == 0 and not agent_store
-        base = dist.TCPStore(host, port, world, is_master=is_master, timeout=max(timeout, datetime.timedelta(60)))
+        base = dist.TCPStore(
+            host, port, world, is_master=is_master, timeout=max(timeout, datetime.timedelta(seconds=60))
+        )
         # key the store by torchrun's restart count, or a restarted rank reads the dead ranks' addresses from
         # torchrun's store (seen with torch 2.13 and gloo) and the restart hangs
         store = dist.PrefixStore(f"restart-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
@@ -304,16 +293,15 @@ def open_data(folder: Path, settings: TrainSettings, augment: bool) -> tuple[Any
     return read_image_arrays(folder, augment=augment, seed=settings.seed), image_batch
 
 
-def check_enough_data(count: int, settings: TrainSettings, world: int, what: str, folder: Path) -> None:
+def check_enough_data(count: int, batch_size: int, world: int, what: str, folder: Path) -> None:
     """Refuse data with fewer items than one batch on every rank (the loader would yield nothing and the loop would
     wait forever), with the numbers."""
-    needed = settings.batch_size * world
-    if count < needed:
+    if count < batch_size * world:
         raise Stop(
             EXIT_BAD_INPUT,
             f"{what} in {folder} has {count} full blocks, fewer than one step needs "
-            f"(--batch-size {settings.batch_size} x {world} rank(s) = {needed}): write more "
-            f"data or lower --batch-size",
+            f"(--batch-size {batch_size} x {world} rank(s) = {batch_size * world}): write more "
+            "data or lower --batch-size",
         )
 
 
@@ -344,103 +332,94 @@ def build(settings: TrainSettings, callbacks: Sequence[Callbacks] = ()) -> Run:
     dtype, precision_note = choose_precision(settings.precision, device)
     folder = training_data_dir(explicit=settings.data)
     dataset, collate = open_data(folder, settings, augment=True)
-    check_enough_data(len(dataset), settings, world, "the training data", folder)
+    check_enough_data(len(dataset), settings.batch_size, world, "the training data", folder)
     validation = None
     if settings.validation_data:
         validation, _ = open_data(Path(settings.validation_data), settings, augment=False)
-        check_enough_data(
-            len(validation),
-            dataclasses.replace(settings, batch_size=1),
-            world,
-            "the validation data",
-            Path(settings.validation_data),
-        )
-    if settings.model == "gpt":
-        vocab, context = int(dataset.index["vocab_size"]), dataset.block
-        if validation is not None and (validation.block, int(validation.index["vocab_size"])) != (context, vocab):
-            found = f"block {validation.block} and vocabulary {validation.index['vocab_size']}"
-            raise Stop(EXIT_BAD_INPUT, f"validation shards have {found}, training shards {context} and {vocab}")
-
-        def build_model() -> torch.nn.Module:
-            model = small_gpt(
-                vocab, context, settings.layers, settings.width, settings.heads, activation="gelu_pytorch_tanh"
-            )
-            model.config.use_cache = False  # key/value caches are for generation
-            return model
-    else:
-        channels, size = dataset.images.shape[1], dataset.images.shape[-1]
-        vocab, context = 1, (size // 2) ** 2 + 1  # one token per 2 x 2 patch, plus the class token
-
-        def build_model() -> torch.nn.Module:
-            return small_vit(size, 2, channels, 10, settings.layers, settings.width, settings.heads)
-
+        check_enough_data(len(validation), 1, world, "the validation data", Path(settings.validation_data))
+    build_model, vocab, context = model_factory(settings, dataset, validation)
     torch.manual_seed(settings.seed)
     model = build_model().to(device)
     if settings.activation_checkpointing:
         model.activation_checkpointing_enable()
     model = wrap_model(model, settings.strategy, world, device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, betas=ADAMW_BETAS, weight_decay=settings.weight_decay
-    )
-    from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate
+    optimizer = torch.optim.AdamW(model.parameters(), settings.lr, ADAMW_BETAS, weight_decay=settings.weight_decay)
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup_lr_rate as cosine_with_warmup
 
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup_lr_rate(
-        optimizer, settings.warmup, settings.steps, min_lr_rate=settings.min_lr_ratio
-    )
+    scheduler = cosine_with_warmup(optimizer, settings.warmup, settings.steps, min_lr_rate=settings.min_lr_ratio)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world, rank=rank, seed=settings.seed)
-    workers = settings.workers
     loader = DataLoader(
         dataset,
         settings.batch_size,
         sampler=sampler,
         collate_fn=collate,
         drop_last=True,
-        num_workers=workers,
+        num_workers=settings.workers,
         pin_memory=device.type == "cuda",
-        prefetch_factor=2 if workers else None,
-        persistent_workers=workers > 0 and not hasattr(dataset, "set_epoch"),
+        prefetch_factor=2 if settings.workers else None,  # overlap reading with compute
+        persistent_workers=settings.workers > 0 and not hasattr(dataset, "set_epoch"),
     )
-    identity = {name: getattr(settings, name) for name in RUN_DEFINING} | {
-        "vocab_size": vocab,
-        "context": context,
-        "world_size": world,
-        "data": data_fingerprint(folder),
-    }
-    shape = TransformerShape(vocab, settings.width, settings.layers, settings.heads, 4 * settings.width, context)
+    identity = {name: getattr(settings, name) for name in RUN_DEFINING}
+    identity |= {"vocab_size": vocab, "context": context, "world_size": world, "data": data_fingerprint(folder)}
     if settings.peak_flops:
         peak, peak_note = settings.peak_flops, "given by --peak-flops"
     else:
         peak = measure_matmul_throughput(2048, dtype, device.type)["gflops"] * 1e9
         peak_note = f"measured now: {str(dtype).removeprefix('torch.')} 2048 x 2048 matmul"
-    output, checkpoints = Path(settings.output), Path(settings.checkpoint_dir)
+    shape = TransformerShape(vocab, settings.width, settings.layers, settings.heads, 4 * settings.width, context)
     run = Run(
-        settings,
-        rank,
-        world,
-        device,
-        dtype,
-        precision_note,
-        model,
-        torch.compile(model) if settings.compile else model,
-        build_model,
-        optimizer,
-        scheduler,
-        sampler,
-        batches(dataset, sampler, loader),
-        validation,
-        collate,
-        identity,
-        training_flops_per_token(shape, context),
-        peak,
-        peak_note,
-        settings.batch_size * settings.grad_accum * context * world,
-        checkpoints,
-        output,
-        store,
+        settings=settings,
+        rank=rank,
+        world=world,
+        device=device,
+        dtype=dtype,
+        precision_note=precision_note,
+        model=model,
+        forward=torch.compile(model) if settings.compile else model,
+        build_model=build_model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        batches=batches(dataset, sampler, loader),
+        validation=validation,
+        collate=collate,
+        identity=identity,
+        flops_per_token=training_flops_per_token(shape, context),
+        peak_flops=peak,
+        peak_note=peak_note,
+        tokens_per_step=settings.batch_size * settings.grad_accum * context * world,
+        checkpoints=Path(settings.checkpoint_dir),
+        output=Path(settings.output),
+        store=store,
         callbacks=callbacks,
     )
     check_folders(run)
     return run
+
+
+def model_factory(settings: TrainSettings, dataset: Any, validation: Any) -> tuple[Callable[[], Any], int, int]:
+    """(a function that builds a fresh model, vocabulary, context): the GPT for token shards (with the fused
+    tanh-GELU kernel, notebook 09), a ViT of 2 x 2 patches for images."""
+    if settings.model == "vit":
+        channels, size = dataset.images.shape[1], dataset.images.shape[-1]
+        patches = (size // 2) ** 2 + 1  # one token per 2 x 2 patch, plus the class token
+
+        def build_vit() -> torch.nn.Module:
+            return small_vit(size, 2, channels, 10, settings.layers, settings.width, settings.heads)
+
+        return build_vit, 1, patches
+    vocab, context = int(dataset.index["vocab_size"]), dataset.block
+    if validation is not None and (validation.block, int(validation.index["vocab_size"])) != (context, vocab):
+        found = f"block {validation.block} and vocabulary {validation.index['vocab_size']}"
+        raise Stop(EXIT_BAD_INPUT, f"validation shards have {found}, training shards {context} and {vocab}")
+
+    def build_gpt() -> torch.nn.Module:
+        shape = (settings.layers, settings.width, settings.heads)
+        model = small_gpt(vocab, context, *shape, activation="gelu_pytorch_tanh")
+        model.config.use_cache = False  # key/value caches are for generation
+        return model
+
+    return build_gpt, vocab, context
 
 
 def check_folders(run: Run) -> None:
