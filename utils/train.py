@@ -8,8 +8,9 @@ Defined for notebooks 05 and 09 (book chapters 5 and 9); notebook 08 runs it on 
 precedence (flag > SageMaker environment > default) and the format of the metric lines are in `utils.train_settings`.
 It trains the GPT-2-style model of `utils.models.small_gpt` on packed token shards (`utils.loaders`), or a small ViT
 on images, with the optimizer recipe of `utils.pretraining` (AdamW with betas 0.9/0.95 and weight decay, transformers'
-linear warm-up + cosine schedule; the cosine ends at `--min-lr-ratio` x the peak instead of 0, so a run resumed with
-more steps still learns). `train()` reads top to bottom:
+linear warm-up + cosine schedule) with one difference: the cosine ends at `--min-lr-ratio` x the peak instead of 0
+(transformers' `get_cosine_with_min_lr_schedule_with_warmup_lr_rate`, whose warm-up starts at 1/warmup of the peak, so
+no step runs at learning rate 0), so a run resumed with more steps still learns. `train()` reads top to bottom:
 
     run = build(settings)        ranks, data (refused if too small), model, optimizer, schedule, checkpoint folder
     restore(run)                 the newest valid checkpoint of this run, or a fresh start
@@ -136,7 +137,8 @@ class Run:
     validation: Any  # a dataset of held-out blocks, or None
     collate: Callable[[list[Any]], dict[str, torch.Tensor]]
     identity: dict[str, Any]  # the settings that define the run, recorded in every checkpoint
-    flops_per_token: float
+    flops_per_token: float  # model FLOPs: every matrix multiply once forward, twice backward
+    hardware_flops_per_token: float  # what the hardware runs: more with activation checkpointing (recomputation)
     peak_flops: float
     peak_note: str
     tokens_per_step: int
@@ -328,16 +330,16 @@ def build(settings: TrainSettings, callbacks: Sequence[Callbacks] = ()) -> Run:
             f"--strategy none with {world} ranks would train {world} unsynchronised copies: "
             "use --strategy ddp or fsdp, or run one process",
         )
-    rank, world, device, store = setup_distributed(settings.collective_timeout)
-    dtype, precision_note = choose_precision(settings.precision, device)
-    folder = training_data_dir(explicit=settings.data)
-    dataset, collate = open_data(folder, settings, augment=True)
+    folder = training_data_dir(explicit=settings.data)  # the data is checked on every rank before the rendezvous,
+    dataset, collate = open_data(folder, settings, augment=True)  # so a rank that refuses never waits for the others
     check_enough_data(len(dataset), settings.batch_size, world, "the training data", folder)
     validation = None
     if settings.validation_data:
         validation, _ = open_data(Path(settings.validation_data), settings, augment=False)
         check_enough_data(len(validation), 1, world, "the validation data", Path(settings.validation_data))
     build_model, vocab, context = model_factory(settings, dataset, validation)
+    rank, world, device, store = setup_distributed(settings.collective_timeout)
+    dtype, precision_note = choose_precision(settings.precision, device)
     torch.manual_seed(settings.seed)
     model = build_model().to(device)
     if settings.activation_checkpointing:
@@ -385,6 +387,7 @@ def build(settings: TrainSettings, callbacks: Sequence[Callbacks] = ()) -> Run:
         collate=collate,
         identity=identity,
         flops_per_token=training_flops_per_token(shape, context),
+        hardware_flops_per_token=training_flops_per_token(shape, context, settings.activation_checkpointing),
         peak_flops=peak,
         peak_note=peak_note,
         tokens_per_step=settings.batch_size * settings.grad_accum * context * world,
@@ -922,6 +925,9 @@ def announce(run: Run) -> None:
             f"output projection included) by {run.peak_flops / 1e9:,.0f} GFLOP/s per rank ({run.peak_note})",
             flush=True,
         )
+        if run.hardware_flops_per_token > run.flops_per_token:
+            factor = run.hardware_flops_per_token / run.flops_per_token
+            print(f"activation checkpointing recomputes the blocks: hardware FLOPs utilisation <= {factor:.2f} x MFU")
         if s.warmup > s.steps:
             print(f"note: --warmup {s.warmup} is longer than --steps {s.steps}: the learning rate stays below its peak")
         if run.validation is None:

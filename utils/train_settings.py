@@ -100,38 +100,42 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = [problem for name in BOUNDS if (problem := bound_problem(name, getattr(self, name)))]
-        if self.width % self.heads if self.heads >= 1 else False:
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.heads >= 1 and self.width % self.heads:
             problems.append(f"--width ({self.width}) must be a multiple of --heads ({self.heads})")
         if problems:
             raise ValueError("; ".join(problems))
 
 
-# (low, high, low included, high included) for every numeric setting; the messages quote them.
-BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
-    "layers": (1, 4096, True, True),
-    "width": (1, 1 << 20, True, True),
-    "heads": (1, 4096, True, True),
-    "batch_size": (1, 1 << 24, True, True),
-    "grad_accum": (1, 1 << 16, True, True),
-    "steps": (1, 1 << 40, True, True),
-    "lr": (0, 1, False, True),
-    "warmup": (0, 1 << 40, True, True),
-    "min_lr_ratio": (0, 1, True, True),
-    "weight_decay": (0, 1, True, True),
-    "clip": (0, math.inf, True, False),
-    "workers": (0, 256, True, True),
-    "log_every": (1, 1 << 40, True, True),
-    "eval_every": (0, 1 << 40, True, True),
-    "eval_batches": (1, 1 << 20, True, True),
-    "checkpoint_every": (0, 1 << 40, True, True),
-    "keep_checkpoints": (1, 1000, True, True),
-    "peak_flops": (0, math.inf, True, False),
-    "preflight_gflops": (0, math.inf, True, False),
-    "preflight_tolerance": (0, 1, False, True),
-    "collective_timeout": (0, 7 * 24 * 3600, False, True),
-    "max_bad_steps": (0, 1 << 20, True, True),
-    "seed": (0, 2**63 - 1, True, True),
+# (lowest, highest or None for no limit, whether the lowest itself is allowed) for every numeric setting.
+BOUNDS: dict[str, tuple[float, float | None, bool]] = {
+    "layers": (1, 4096, True),
+    "width": (1, None, True),
+    "heads": (1, 4096, True),
+    "batch_size": (1, None, True),
+    "grad_accum": (1, None, True),
+    "steps": (1, None, True),
+    "lr": (0, 1, False),
+    "warmup": (0, None, True),
+    "min_lr_ratio": (0, 1, True),
+    "weight_decay": (0, 1, True),
+    "clip": (0, None, True),
+    "workers": (0, 256, True),
+    "log_every": (1, None, True),
+    "eval_every": (0, None, True),
+    "eval_batches": (1, None, True),
+    "checkpoint_every": (0, None, True),
+    "keep_checkpoints": (1, None, True),
+    "peak_flops": (0, None, True),
+    "preflight_gflops": (0, None, True),
+    "preflight_tolerance": (0, 1, False),
+    "collective_timeout": (0, 7 * 24 * 3600, False),
+    "max_bad_steps": (0, None, True),
+    "seed": (0, 2**32 - 1, True),
 }
+CHOICES = {"model": ("gpt", "vit"), "strategy": ("none", "ddp", "fsdp"), "precision": ("auto", "fp32", "bf16")}
 
 
 def flag(name: str) -> str:
@@ -141,13 +145,14 @@ def flag(name: str) -> str:
 
 def bound_problem(name: str, value: Any) -> str | None:
     """Why `value` is not allowed for setting `name` (its flag and range named), or None when it is."""
-    low, high, low_in, high_in = BOUNDS[name]
+    low, high, low_allowed = BOUNDS[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         return f"{flag(name)} must be a number, got {value!r}"
-    if (value > low if not low_in else value >= low) and (value < high if not high_in else value <= high):
+    if (value >= low if low_allowed else value > low) and (high is None or value <= high):
         return None
-    interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-    return f"{flag(name)} must be in {interval}, got {value:g}"
+    if high is None:
+        return f"{flag(name)} must be {'at least' if low_allowed else 'greater than'} {low:g}, got {value:g}"
+    return f"{flag(name)} must be in {'[' if low_allowed else '('}{low:g}, {high:g}], got {value:g}"
 
 
 def sagemaker_hyperparameters(env: dict[str, str]) -> dict[str, Any]:
@@ -188,7 +193,9 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     argv = sys.argv[1:] if argv is None else list(argv)
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     from_sagemaker = {k.replace("-", "_"): v for k, v in sagemaker_hyperparameters(env).items()}
-    from_sagemaker = {k: v for k, v in from_sagemaker.items() if k in known}  # sagemaker_* keys are the toolkit's
+    from_sagemaker = {k: v for k, v in from_sagemaker.items() if not k.startswith(("sagemaker_", "_"))}  # SageMaker's
+    if unknown := sorted(set(from_sagemaker) - known):
+        raise SettingsError(f"unknown hyperparameters {unknown}; `python -m utils.train --help` lists the settings")
     parser = HfArgumentParser(TrainSettings, prog="python -m utils.train", exit_on_error=False)
     try:
         settings, extra = parser.parse_known_args(_as_flags(from_sagemaker) + argv)
