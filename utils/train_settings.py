@@ -196,7 +196,8 @@ def parse_settings(argv: list[str] | None = None, env: dict[str, str] | None = N
     from_sagemaker = {k: v for k, v in from_sagemaker.items() if not k.startswith(("sagemaker_", "_"))}  # SageMaker's
     if unknown := sorted(set(from_sagemaker) - known):
         raise SettingsError(f"unknown hyperparameters {unknown}; `python -m utils.train --help` lists the settings")
-    parser = HfArgumentParser(TrainSettings, prog="python -m utils.train", exit_on_error=False)
+    description = "The course's training program. Flags win over SageMaker's environment, which wins over defaults."
+    parser = HfArgumentParser(TrainSettings, prog="python -m utils.train", description=description, exit_on_error=False)
     try:
         settings, extra = parser.parse_known_args(_as_flags(from_sagemaker) + argv)
     except Exception as error:  # argparse's own errors: an unknown choice, a value of the wrong type
