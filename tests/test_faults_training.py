@@ -6,9 +6,9 @@ import contextlib
 import io
 import json
 import math
-import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -309,7 +309,10 @@ def test_a_stopped_rank_fails_the_job_after_the_collective_timeout_naming_the_ra
     """Rank 1 stops itself (SIGSTOP) after step 2; rank 0 fails after --collective-timeout 3 s with exit 5 and names
     rank 1, instead of waiting forever (the 30-minute default). Two ranks started as torchrun would (env://)."""
     settings = tiny(output=str(tmp_path), steps=6, checkpoint_every=1, strategy="ddp", collective_timeout=3)
-    env = PROGRAM_ENV | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(29400 + os.getpid() % 500)}
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = PROGRAM_ENV | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     command = [sys.executable, str(FAULTS), "stall:2:1", *S.command_line(settings)]
     ranks = [
         subprocess.Popen(
