@@ -6,6 +6,10 @@ everything but the weights is what the notebook serves; the weights are random a
 
 from __future__ import annotations
 
+import atexit
+import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +20,24 @@ from utils import assets
 from utils.serving import write_model_folder
 
 GENRES = ["comedy", "history", "tragedy"]
+_BUILT: dict[str, Path] = {}  # one build per kind and limits per test process
+_ROOT = Path(tempfile.mkdtemp(prefix="tiny-models-"))
+atexit.register(shutil.rmtree, _ROOT, True)
+
+
+def tiny_generator(limits: dict[str, int] | None = None) -> Path:
+    """`tiny_generator_folder` built once per test process (and per `limits`)."""
+    key = "generator" + json.dumps(limits or {}, sort_keys=True)
+    if key not in _BUILT:
+        _BUILT[key] = tiny_generator_folder(_ROOT / f"generator-{len(_BUILT)}", limits)
+    return _BUILT[key]
+
+
+def tiny_classifier() -> Path:
+    """`tiny_classifier_folder` built once per test process."""
+    if "classifier" not in _BUILT:
+        _BUILT["classifier"] = tiny_classifier_folder(_ROOT / "classifier")
+    return _BUILT["classifier"]
 
 
 def tiny_generator_folder(dest: Path, limits: dict[str, int] | None = None) -> Path:
