@@ -118,10 +118,15 @@ def predict_in_batches(run: Callable[..., np.ndarray], encode: Callable[[list[st
 
 _MEMORY_PROBE = """
 import json, resource, sys
+def peak_mib():  # VmHWM: this process image's high-water mark (ru_maxrss would include the parent's, from fork)
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 args = json.loads(sys.argv[1])
 import numpy as np
 feed = [np.array(x, dtype=np.int64) for x in args["inputs"]]
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if args["kind"] == "onnx":
     import onnxruntime as ort
     session = ort.InferenceSession(args["path"], providers=["CPUExecutionProvider"])
@@ -135,12 +140,12 @@ elif args["kind"] == "handlers":
 else:
     run = lambda: None
 run()
-print(json.dumps({"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "before_kb": before}))
+print(json.dumps({"peak_mib": peak_mib()}))
 """
 
 
 def peak_memory_mb(kind: str, path: str | Path | None, inputs: Sequence[np.ndarray]) -> float:
-    """Peak resident memory (MB, from getrusage's ru_maxrss; Linux reports KiB) of a fresh Python process that
+    """Peak resident memory (MiB; Linux's VmHWM, else getrusage's ru_maxrss) of a fresh Python process that
     loads a model and runs it once on `inputs`. kind: "onnx" (an ONNX file, onnxruntime only), "handlers" (a
     model folder through its code/inference.py, so torch and transformers too), or "none" (numpy alone: the
     floor every process pays)."""
@@ -150,7 +155,7 @@ def peak_memory_mb(kind: str, path: str | Path | None, inputs: Sequence[np.ndarr
     result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, args], capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the memory probe failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])["peak_kb"] / 1024
+    return json.loads(result.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
 def file_size_mb(path: str | Path) -> float:
@@ -176,20 +181,22 @@ def keep_layers(module: torch.nn.Module, keep: Sequence[int]) -> torch.nn.Module
     return student
 
 
-def distill_embeddings(student_embed: Callable[..., torch.Tensor], parameters: Any, batches: list[tuple],
-                       targets: list[torch.Tensor], epochs: int, lr: float = 1e-4,
-                       progress: Callable[[Any], Any] = iter) -> list[float]:  # fmt: skip
-    """Train a student to reproduce the teacher's sentence embeddings: mean squared error between
-    `student_embed(*batch)` and the teacher's embedding of the same batch (`targets`, computed once), AdamW,
-    `epochs` passes over `batches`. Returns the loss of every step. The student keeps the teacher's head, so its
-    classifications follow wherever its embeddings do."""
-    optimizer = torch.optim.AdamW(parameters, lr=lr)
+def distill_embeddings(student: torch.nn.Module, batches: list[tuple], targets: list[torch.Tensor], epochs: int,
+                       lr: float = 1e-4, progress: Callable[[Any], Any] = iter) -> list[float]:  # fmt: skip
+    """Train a student (a module with `.embed(input_ids, attention_mask)`, such as a `keep_layers` copy of the
+    served SentenceClassifier) to reproduce the teacher's sentence embeddings: mean squared error between
+    `student.embed(*batch)` and the teacher's embedding of the same batch (`targets`, computed once), AdamW over
+    the encoder only, `epochs` passes over `batches`, dropout on while training. Returns every step's loss. The
+    student keeps the teacher's head, so its classifications follow wherever its embeddings do."""
+    optimizer = torch.optim.AdamW(student.encoder.parameters(), lr=lr)
     losses = []
+    student.train()
     for _ in progress(range(epochs)):
         for batch, target in zip(batches, targets, strict=True):
-            loss = torch.nn.functional.mse_loss(student_embed(*batch), target)
+            loss = torch.nn.functional.mse_loss(student.embed(*batch), target)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+    student.eval()
     return losses
