@@ -100,4 +100,4 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, c: float = 10.0) -> tup
     frequency; returns its (weight [classes, dim], bias [classes]) for a linear layer. `c` is the inverse L2
     penalty (scikit-learn's C)."""
     model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(embeddings, labels)
-    return model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
+    return np.ascontiguousarray(model.coef_, np.float32), np.ascontiguousarray(model.intercept_, np.float32)

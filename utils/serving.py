@@ -387,6 +387,22 @@ class ServerProcess:
             _running.remove(self)
         return self.process.returncode
 
+    def wait_ready(self, timeout: float = 180.0) -> ServerProcess:
+        """Wait until GET /ping answers 200; if the process exits or `timeout` s pass first, stop it and raise
+        with the end of its log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"the server exited with code {self.process.returncode}; its log:\n"
+                                   f"{self.log_tail()}")  # fmt: skip
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return self
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"the server did not answer /ping within {timeout:.0f} s; its log:\n{self.log_tail()}")
+
     def __enter__(self) -> ServerProcess:
         return self
 
@@ -416,11 +432,13 @@ def free_port(preferred: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> int:
 
 def start_server(model_dir: str | Path, port: int | None = None, host: str = DEFAULT_HOST,
                  settings: ServerSettings = ServerSettings(), log_path: str | Path | None = None,
-                 timeout: float = 180.0, env: dict[str, str] | None = None) -> ServerProcess:  # fmt: skip
+                 timeout: float = 180.0, env: dict[str, str] | None = None, wait: bool = True
+                 ) -> ServerProcess:  # fmt: skip
     """Start `python -m utils.serving serve` on `model_dir` as a background process in its own process group,
-    wait until GET /ping answers 200, and return it. The process dies with this one (Linux: parent-death signal;
-    elsewhere: at interpreter exit). If it does not come up within `timeout` s it is stopped and the error shows
-    its log. `port` None: 8080 if free, else any free port."""
+    wait until GET /ping answers 200 (`wait=False`: return at once, call `wait_ready` later, so that several
+    servers load their models at the same time), and return it. The process dies with this one (Linux:
+    parent-death signal; elsewhere: at interpreter exit). If it does not come up within `timeout` s it is stopped
+    and the error shows its log. `port` None: 8080 if free, else any free port."""
     model_dir = Path(model_dir)
     load_handlers(model_dir)  # fail here, with the reason, rather than in the child
     port = port or free_port(DEFAULT_PORT, host)
@@ -436,17 +454,7 @@ def start_server(model_dir: str | Path, port: int | None = None, host: str = DEF
     url_host = f"[{host}]" if ":" in host else host
     server = ServerProcess(process, f"http://{url_host}:{port}", log_path, model_dir)
     _running.append(server)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            server.stop()
-            raise RuntimeError(f"the server exited with code {process.returncode}; its log:\n{server.log_tail()}")
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{server.url}/ping", timeout=2).status_code == 200:
-                return server
-        time.sleep(0.2)
-    server.stop()
-    raise TimeoutError(f"the server did not answer /ping within {timeout:.0f} s; its log:\n{server.log_tail()}")
+    return server.wait_ready(timeout) if wait else server
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,21 +40,33 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path
     path.parent.mkdir(parents=True, exist_ok=True)
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {name: {0: batch, 1: sequence} for name in input_names}
-    torch.onnx.export(module.eval(), example, str(path), dynamo=True, external_data=False, verbose=False,
-                      input_names=list(input_names), output_names=list(output_names),
-                      dynamic_shapes=shapes)  # fmt: skip
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)  # it notes every optional library (torchvision) it does not find
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # deprecations inside torch.export
+            torch.onnx.export(module.eval(), example, str(path), dynamo=True, external_data=False, verbose=False,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_shapes=shapes)  # fmt: skip
+    finally:
+        exporter_log.setLevel(level)
     return path
 
 
 def quantize_int8(source: str | Path, target: str | Path, per_channel: bool = True) -> Path:
     """ONNX Runtime's dynamic quantization: MatMul (and Gather) weights to signed int8, one scale per output
     channel when `per_channel`; activations are quantized at run time from each batch's own range."""
-    import logging
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger().setLevel(logging.ERROR)  # it warns that pre-processing is recommended; it is optional
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.setLevel(logging.ERROR)  # it warns through logging.warning() that optional pre-processing is recommended,
+    try:  # which also installs a handler on the root logger (logging.basicConfig): both are undone below
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
     return Path(target)
 
 
