@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tiny_models import tiny_classifier, tiny_generator
@@ -24,6 +25,16 @@ BODY_LIMIT, QUEUE_LIMIT, MAX_BATCH = 4096, 6, 4
 ANSWERED = {200, 400, 406, 413, 415, 422}  # what a request may get; never a 5xx
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine threads that wait for each other at
+    every operator make them many times slower; restored afterwards for the other tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def generator_dir():
     return tiny_generator({"max_new_tokens": 1500})
@@ -32,7 +43,7 @@ def generator_dir():
 @pytest.fixture(scope="module")
 def server(generator_dir):
     settings = S.ServerSettings(max_batch=MAX_BATCH, max_wait_ms=20, max_queue=QUEUE_LIMIT, max_body_bytes=BODY_LIMIT)
-    process = S.start_server(generator_dir, port=S.free_port(18180), settings=settings)
+    process = S.start_server(generator_dir, port=S.free_port(18180), settings=settings, env={"OMP_NUM_THREADS": "1"})
     yield process
     process.stop()
 
@@ -97,7 +108,7 @@ def test_an_unsupported_accept_type_is_406_and_the_server_keeps_serving(server):
     assert still_serving(server)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "text/csv", "", "a/b; x=1"]))
 def test_random_bytes_never_get_a_5xx(server, body, content_type):
     assert post(server, body, content_type).status_code in ANSWERED
@@ -113,7 +124,7 @@ request_payloads = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=request_payloads | json_values)
 def test_random_json_never_gets_a_5xx(server, payload):
     if isinstance(payload, dict) and payload.get("stream") is True:
