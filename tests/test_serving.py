@@ -176,6 +176,15 @@ def test_a_client_that_disconnects_mid_stream_stops_the_generation(server):
     assert still_serving(server)
 
 
+def test_a_refused_stream_gets_its_4xx_and_gives_back_its_slot(server):
+    response = post(server, b'{"inputs": "Hi", "stream": true, "parameters": {"max_new_tokens": 99999}}')
+    assert response.status_code == 422 and "limit" in response.json()["error"]
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}/stats").json()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{server.url}/stats").json()["in_flight"] == 0
+
+
 def test_a_flood_beyond_the_queue_limit_gets_503_with_retry_after(server):
     responses = [None] * 4 * QUEUE_LIMIT
 

@@ -278,9 +278,10 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
             data = state.handlers.input_fn(body, request.headers.get("content-type"))
             accept = request.headers.get("accept")
             if isinstance(data, dict) and data.get("stream"):
-                response = await _start_stream(state, data)
-                handed_to_stream = True  # the stream's pump thread releases the slot when it ends
-                return response
+                if getattr(state.handlers, "stream_fn", None) is None:
+                    raise BaseInferenceToolkitError(422, "this model's handlers cannot stream", "no stream_fn")
+                handed_to_stream = True  # from here on, the stream's pump thread releases the slot when it ends
+                return await _start_stream(state, data)
             result = await state.batcher.submit(data)
             if isinstance(result, Exception):
                 raise result
@@ -297,9 +298,7 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
     async def _start_stream(state: _State, data: dict[str, Any]) -> Any:
         """Run stream_fn in a pump thread that feeds a queue; a client that goes away sets `cancelled`, which
         stops generation at the next token. Errors before the first piece are answered as ordinary 4xx/5xx."""
-        stream_fn = getattr(state.handlers, "stream_fn", None)
-        if stream_fn is None:
-            raise BaseInferenceToolkitError(422, "this model's handlers cannot stream", "no stream_fn")
+        stream_fn = state.handlers.stream_fn
         loop, queue, cancelled, done = asyncio.get_running_loop(), asyncio.Queue(), threading.Event(), object()
 
         def pump() -> None:
