@@ -94,8 +94,11 @@ def roofline_fraction(new_tokens: int) -> dict[str, float]:
     context = chat["input_ids"].shape[1] + new_tokens
     bytes_per_token = D.weight_bytes_per_token(model) + D.kv_cache_bytes_per_token(model.config, context)
     measured = D.decode_tokens_per_s(model, chat, 2 * new_tokens, repeats=3)
+    overhead = D.skeleton_step_s(model, chat, new_tokens)
     return {"bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
-            "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token)}  # fmt: skip
+            "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token), "overhead_ms": 1000 * overhead,
+            "weights_gb_s": bytes_per_token / (1 / measured - overhead) / 1e9, "read_gb_s": D.read_bandwidth_gb_s(),
+            "matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576)}  # fmt: skip
 
 
 def main() -> None:
@@ -126,6 +129,10 @@ def main() -> None:
     print(f"decode at batch 1: {decode['measured']:.1f} tokens/s; bound {decode['roofline']:.1f} tokens/s "
           f"({decode['bandwidth_gb_s']:.1f} GB/s / {decode['mb_per_token']:.0f} MB per token) -> {fraction:.0%}"
           f"   (target >= 50%)")  # fmt: skip
+    print(f"  a step: {1000 / decode['measured']:.0f} ms, {decode['overhead_ms']:.0f} ms of it without weights (the "
+          f"model's skeleton); weights read at {decode['weights_gb_s']:.1f} GB/s; on the same threads a plain read "
+          f"reaches {decode['read_gb_s']:.1f} GB/s and fp32 matrix x vector "
+          f"{decode['matvec_gb_s']:.1f} GB/s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -114,6 +114,12 @@ def test_step_times_has_one_entry_per_generated_token_and_the_cache_matters():
     cached, uncached = D.step_times(model, inputs, 4), D.step_times(model, inputs, 4, use_cache=False)
     assert len(cached["step_s"]) == len(uncached["step_s"]) == 3 and cached["prefill_s"] > 0
     assert D.decode_tokens_per_s(model, inputs, 3, repeats=1) > 0
+    assert D.skeleton_step_s(model, inputs, 3) > 0
+
+
+def test_read_and_matvec_bandwidths_are_positive_rates():
+    assert D.read_bandwidth_gb_s(megabytes=16, repeats=2) > 0.1
+    assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1) > 0.1
 
 
 # ------------------------------------------------------------------------------------------ the genre classifier

@@ -14,12 +14,13 @@ the weights once for B tokens, which is why batching raises throughput until ari
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Any
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
 
 
 class _StepClock(LogitsProcessor):
@@ -52,6 +53,48 @@ def decode_tokens_per_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens:
     excluded) over `repeats` generations; with a batch of B prompts, multiply by B for the total."""
     steps = [s for _ in range(repeats) for s in step_times(model, inputs, new_tokens)["step_s"]]
     return 1.0 / statistics.median(steps)
+
+
+def skeleton_step_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int = 16, head_size: int = 8) -> float:
+    """Median decode-step time (s) of a random model with `model`'s architecture (layers, heads, vocabulary,
+    operators) but heads of only `head_size` features: it launches every operator a real step launches while
+    reading almost no weights, so its step time is the part of a step that memory bandwidth does not explain
+    (Python, operator dispatch, sampling, cache bookkeeping)."""
+    config = copy.deepcopy(model.config)
+    config.hidden_size = config.num_attention_heads * head_size
+    config.intermediate_size = 2 * config.hidden_size
+    if hasattr(config, "head_dim"):
+        config.head_dim = head_size
+    skeleton = AutoModelForCausalLM.from_config(config).eval()
+    return statistics.median(step_times(skeleton, inputs, new_tokens)["step_s"])
+
+
+def read_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """Measured read-only bandwidth (GB/s): the median time to sum a `megabytes` fp32 buffer, reading each byte
+    once and writing nothing (a copy, as utils.machine measures it, counts the bytes written too)."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    times = []
+    for _ in range(repeats + 1):  # the first pass also faults the pages in; it is dropped
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / statistics.median(times[1:]) / 1e9
+
+
+def matvec_bandwidth_gb_s(rows: int, columns: int, megabytes: int = 512, repeats: int = 3) -> float:
+    """Measured rate (GB/s) at which PyTorch's fp32 matrix-vector product reads weights: one vector times enough
+    distinct `rows` x `columns` matrices to fill `megabytes` (so that they come from memory, not cache), the
+    operation a batch-1 decoding step is made of. Best of `repeats`."""
+    count = max(1, megabytes * 2**20 // (rows * columns * 4))
+    matrices = [torch.randn(rows, columns) for _ in range(count)]
+    vector = torch.randn(1, columns)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for matrix in matrices:
+            vector @ matrix.T
+        times.append(time.perf_counter() - start)
+    return count * rows * columns * 4 / min(times) / 1e9
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:

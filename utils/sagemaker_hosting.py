@@ -41,7 +41,16 @@ IN_PROCESS_PORT = 9007  # fixed by sagemaker-serve's in-process server
 
 
 def _quiet_sdk() -> None:
-    """The SDK logs each default it fills in, and its in-process server every request: keep warnings only."""
+    """Import the SDK's serving package without its side effect on logging (importing it runs
+    `logging.basicConfig(level=INFO)` in sagemaker.core.experiments, which would print every library's INFO
+    records), and keep only warnings from the SDK, which logs each default it fills in, and from its in-process
+    server, which logs every request."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    import sagemaker.serve  # noqa: F401  (the import whose side effect is undone here)
+
+    root.setLevel(level)
+    root.handlers[:] = handlers
     for name in ("sagemaker", "sagemaker.core", "sagemaker.serve", "botocore.credentials", "responses"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for name in ("uvicorn.error", "uvicorn.access"):  # uvicorn resets their levels, but keeps their filters
@@ -67,6 +76,7 @@ def handler_spec(model_dir: str | Path) -> Any:
     """An `InferenceSpec` whose load and invoke are the folder's SageMaker handlers: load = model_fn, invoke =
     input_fn -> predict_fn -> output_fn on the JSON request. `load(None)` loads this folder, as the in-process
     server asks."""
+    _quiet_sdk()
     from sagemaker.serve import InferenceSpec
 
     folder = Path(model_dir)
@@ -88,11 +98,11 @@ def in_process_endpoint(connection: Connection, model_dir: str | Path, sample_in
     """Build and deploy the folder's handlers with ModelBuilder in Mode.IN_PROCESS; returns (builder, endpoint).
     `endpoint.invoke(body=payload).body` is the decoded answer; `stop_in_process(endpoint)` stops its server. The
     samples teach the SDK's SchemaBuilder how to (de)serialise and are sent once as its start-up health check."""
+    _quiet_sdk()
     from sagemaker.serve import ModelBuilder
     from sagemaker.serve.builder.schema_builder import SchemaBuilder
     from sagemaker.serve.mode.function_pointers import Mode
 
-    _quiet_sdk()
     schema = SchemaBuilder(sample_input, sample_output)
     builder = ModelBuilder(inference_spec=handler_spec(model_dir), schema_builder=schema, mode=Mode.IN_PROCESS,
                            model_path=str(model_dir), role_arn=connection.role, sagemaker_session=connection.session,
@@ -125,13 +135,13 @@ def endpoint_builder(connection: Connection, model_data: str, instance_type: str
     """A ModelBuilder (Mode.SAGEMAKER_ENDPOINT) that hosts `model_data` (the s3:// URI of a model.tar.gz with
     code/inference.py) in AWS's PyTorch inference image for `instance_type` (CPU or GPU). Build one per
     deployment: the SDK carries one deployment's settings into the next if a builder is reused."""
+    _quiet_sdk()
     from sagemaker.serve import ModelBuilder
     from sagemaker.serve.mode.function_pointers import Mode
 
     if not model_data.startswith("s3://"):
         raise ValueError(f"model_data must be the s3:// URI of model.tar.gz (upload it first), got {model_data!r}")
     validate_instance_type(instance_type, "inference")
-    _quiet_sdk()
     _tolerate_emulator(connection)
     return ModelBuilder(model_path=model_data, image_uri=image or container_image(instance_type, connection.region,
                         scope="inference"), env_vars=PYTORCH_SERVING_ENV | (env or {}), role_arn=connection.role,
@@ -203,6 +213,7 @@ def lmi_builder(connection: Connection, model_s3: str, instance_type: str, tenso
     `tensor_parallel` GPUs of one instance, and requests are batched per generated token (continuous batching,
     up to `max_batch` sequences). The settings are the container's documented environment variables (DJL
     Serving's LMI configuration guide); fp16 because older GPUs (T4, V100) have no bf16."""
+    _quiet_sdk()
     from sagemaker.core import image_uris
     from sagemaker.serve import ModelBuilder
     from sagemaker.serve.mode.function_pointers import Mode
@@ -215,7 +226,6 @@ def lmi_builder(connection: Connection, model_s3: str, instance_type: str, tenso
            "OPTION_MAX_MODEL_LEN": str(max_model_len), "OPTION_DTYPE": dtype}  # fmt: skip
     source = {"S3DataSource": {"S3Uri": model_s3, "S3DataType": "S3Prefix", "CompressionType": "None"}}
     image = image_uris.retrieve("djl-lmi", region=connection.region, version=LMI_VERSION)
-    _quiet_sdk()
     _tolerate_emulator(connection)
     return ModelBuilder(image_uri=image, s3_model_data_url=source, env_vars=env, role_arn=connection.role,
                         instance_type=instance_type, sagemaker_session=connection.session,
