@@ -245,6 +245,13 @@ def test_continuation_logprob_equals_scoring_each_sequence_alone(tiny_lm):
             logp = model(input_ids=ids).logits[0, -len(target) - 1 : -1].log_softmax(-1)
         alone = logp.gather(-1, torch.tensor(target)[:, None]).sum().item()
         assert value == pytest.approx(alone, abs=1e-4)
+    endings = [" a nurse.", " a very careful carpenter in the town."]
+    mixed = B.continuation_logprob(model, tokenizer, prefixes, endings, per_token=True)
+    for prefix, ending, value in zip(prefixes, endings, mixed, strict=True):
+        alone = B.continuation_logprob(model, tokenizer, [prefix], ending)[0]
+        assert value == pytest.approx(alone / len(tokenizer(ending, add_special_tokens=False).input_ids), abs=1e-4)
+    with pytest.raises(B.BiasInputError, match="one continuation per prefix"):
+        B.continuation_logprob(model, tokenizer, prefixes, endings[:1])
 
 
 def test_generate_continuations_shapes_and_seed(tiny_lm):

@@ -438,32 +438,38 @@ def mean_gap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamp
     return float(a.mean() - b.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], continuation: str,
-                         batch_size: int = 16) -> np.ndarray:  # fmt: skip
-    """log p(continuation | prefix) in nats, summed over the continuation's tokens, for each prefix. The prefix and
-    the continuation are tokenized apart and joined, so every prefix scores exactly the same continuation tokens
-    (a counterfactual pair differs only in its prefix)."""
+def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], continuations: str | Sequence[str],
+                         batch_size: int = 16, per_token: bool = False) -> np.ndarray:  # fmt: skip
+    """log p(continuation | prefix) in nats, summed over the continuation's tokens (`per_token`: averaged), for
+    each prefix. `continuations` is one string scored after every prefix (a counterfactual pair differs only in
+    its prefix) or one per prefix. Prefix and continuation are tokenized apart and joined, so each prefix is
+    followed by exactly the continuation's own tokens; rows are left-padded so that all end together."""
     import torch
 
-    target = tokenizer(continuation, add_special_tokens=False).input_ids
-    if not target or not prefixes:
-        raise BiasInputError("need at least one prefix and a non-empty continuation")
+    targets = [continuations] * len(prefixes) if isinstance(continuations, str) else list(continuations)
+    if not prefixes or len(targets) != len(prefixes):
+        raise BiasInputError(f"need prefixes and one continuation per prefix, got {len(prefixes)} and {len(targets)}")
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prefixes), batch_size):
-        heads = [tokenizer(p, add_special_tokens=False).input_ids for p in prefixes[start : start + batch_size]]
-        width = max(len(h) for h in heads) + len(target)
-        ids = torch.full((len(heads), width), tokenizer.eos_token_id or 0)
+        rows = [(tokenizer(p, add_special_tokens=False).input_ids, tokenizer(t, add_special_tokens=False).input_ids)
+                for p, t in zip(prefixes[start : start + batch_size], targets[start : start + batch_size], strict=True)]
+        if any(not head or not tail for head, tail in rows):
+            raise BiasInputError("every prefix and every continuation needs at least one token")
+        width, longest = max(len(h) + len(t) for h, t in rows), max(len(t) for _, t in rows)
+        ids = torch.full((len(rows), width), tokenizer.eos_token_id or 0)
         mask = torch.zeros_like(ids)
-        for row, head in enumerate(heads):  # left padding: every continuation ends at the last position
-            ids[row, width - len(head) - len(target) :] = torch.tensor(head + target)
-            mask[row, width - len(head) - len(target) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        for row, (head, tail) in enumerate(rows):
+            ids[row, width - len(head) - len(tail) :] = torch.tensor(head + tail)
+            mask[row, width - len(head) - len(tail) :] = 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device)).logits.float()  # fmt: skip
-        logp = logits[:, -len(target) - 1 : -1].log_softmax(-1)
-        out.append(logp.gather(-1, ids[:, -len(target) :, None].to(device)).squeeze(-1).sum(-1).cpu())
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device)).logits.float()  # fmt: skip
+        picked = logits[:, -longest - 1 : -1].log_softmax(-1).gather(-1, ids[:, -longest:, None].to(device))[..., 0]
+        lengths = torch.tensor([len(t) for _, t in rows], device=device)
+        scored = torch.arange(longest, device=device)[None, :] >= longest - lengths[:, None]
+        total = (picked * scored).sum(-1)
+        out.append((total / lengths if per_token else total).cpu())
     return torch.cat(out).numpy()
 
 
