@@ -295,8 +295,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
 
 def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str],
                       batch_size: int = 16) -> torch.Tensor:  # fmt: skip
-    """log pi(reply | prompt) summed over the reply's tokens (its end-of-turn token included), with the prompt as
-    a user turn and the reply as the assistant turn of the chat template; shape (len(prompts),), nats."""
+    """log pi(reply | prompt) summed over the reply's tokens (the end-of-turn tokens the chat template adds
+    included, as trl's DPOTrainer counts them), with the prompt as a user turn and the reply as the assistant turn;
+    shape (len(prompts),), nats."""
     if len(prompts) != len(replies):
         raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
     model.eval()
@@ -306,8 +307,10 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], replie
         ids, masks = [], []
         for prompt, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size], strict=True):
             head = tokenizer.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(chat(prompt) + [{"role": "assistant", "content": reply}],
+                                                 tokenize=False)  # fmt: skip
             head_ids = tokenizer(head, add_special_tokens=False).input_ids
-            tail_ids = tokenizer(reply + tokenizer.eos_token, add_special_tokens=False).input_ids
+            tail_ids = tokenizer(full[len(head) :], add_special_tokens=False).input_ids
             ids.append(head_ids + tail_ids)
             masks.append([0] * len(head_ids) + [1] * len(tail_ids))
         width = max(map(len, ids))
