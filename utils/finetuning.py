@@ -142,6 +142,29 @@ def genre_dataset(
     return out
 
 
+def write_splits(data: dict[str, list[dict[str, str]]], folder: str | Path) -> Path:
+    """Write each split as `<folder>/<split>.jsonl` (one example per line), e.g. as a training job's channel."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in data.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return folder
+
+
+def read_splits(folder: str | Path, splits: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+    """Read `write_splits` files back, checking every example has text and a known genre label."""
+    out = {}
+    for split in splits:
+        path = Path(folder) / f"{split}.jsonl"
+        if not path.exists():
+            raise DatasetError(f"{path} is missing: write the splits with utils.finetuning.write_splits")
+        out[split] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        for number, row in enumerate(out[split], start=1):
+            if not str(row.get("text", "")).strip() or row.get("label") not in GENRES:
+                raise DatasetError(f"{path}:{number}: needs a non-empty text and a label in {GENRES}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------- chat format and masking
 
 
@@ -357,17 +380,18 @@ def load_genre_adapter(folder: str | Path | None = None, merge: bool = False, de
 
 
 def train_genre_adapter(
-    folder: str | Path | None = None, steps: int = 48, batch_size: int = 8, lr: float = 1e-3, rank: int = 8,
-    words: int = 24, force: bool = False,
+    folder: str | Path | None = None, steps: int = 20, batch_size: int = 8, lr: float = 1e-3, rank: int = 8,
+    words: int = 24, force: bool = False, data: dict[str, list[dict[str, str]]] | None = None,
 ) -> Path:  # fmt: skip
-    """Train SmolLM2-135M-Instruct's LoRA adapter for the genre task (the recipe of notebook 10) and save it with
-    `save_adapter`; returns the folder. A complete adapter trained with the same settings is reused unless
-    `force`. Takes a few minutes on a 2-core CPU at the defaults."""
+    """Train SmolLM2-135M-Instruct's LoRA adapter for the genre task (notebook 10's recipe and default sizes) and
+    save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings is reused
+    unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to `genre_dataset(words=words)`.
+    Takes a few minutes on a 2-core CPU at the defaults."""
     folder = Path(folder) if folder is not None else adapter_dir()
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "rank": rank, "words": words}
     if not force and (folder / COMPLETE_MARKER).exists() and adapter_info(folder).get("settings") == settings:
         return folder
-    data = genre_dataset(words=words)
+    data = data if data is not None else genre_dataset(words=words)
     model, tokenizer = assets.load_smollm2()
     trainer = sft_trainer(model, tokenizer, data["train"], folder.with_name(folder.name + ".run"), steps, lr,
                           batch_size, lora=lora_config(rank, 2 * rank))  # fmt: skip
@@ -378,3 +402,94 @@ def train_genre_adapter(
     accuracy = sum(p == e["label"] for p, e in zip(predictions, data["validation"], strict=True)) / len(predictions)
     info = {"settings": settings, "train_seconds": seconds, "validation_accuracy": accuracy, "labels": GENRES}
     return save_adapter(trainer.model, tokenizer, folder, info)
+
+
+# ------------------------------------------------------------------------- small models: heads and the course GPT
+
+
+def fit_classifier(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, steps: int, lr: float,
+    batch_size: int = 32, seed: int = 0,
+) -> list[float]:  # fmt: skip
+    """Fine-tune any transformers classifier (`model(**batch, labels=y).loss`: a GPT-2 or BERT sequence
+    classifier, a ViT image classifier) for `steps` AdamW steps on random batches of `inputs` (a dict of tensors
+    with one row per example); returns the loss per step. Every weight with requires_grad is trained."""
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"need steps >= 1 and batch_size >= 1, got {steps} and {batch_size}")
+    if any(len(v) != len(labels) for v in inputs.values()):
+        raise ValueError("every input tensor needs one row per label")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        rows = torch.randint(0, len(labels), (min(batch_size, len(labels)),), generator=generator)
+        loss = model(**{k: v[rows] for k, v in inputs.items()}, labels=labels[rows]).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def predict_classes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """Arg-max class of a transformers classifier for every row of `inputs`."""
+    model.eval()
+    rows = len(next(iter(inputs.values())))
+    return torch.cat([model(**{k: v[i : i + batch_size] for k, v in inputs.items()}).logits.argmax(-1)
+                      for i in range(0, rows, batch_size)])  # fmt: skip
+
+
+def pretrain_course_gpt(
+    data: str | Path, output: str | Path, steps: int, lr: float = 3e-3, batch_size: int = 16, layers: int = 4,
+    width: int = 128, heads: int = 4, extra: Sequence[str] = (),
+) -> tuple[Path, list[float]]:  # fmt: skip
+    """Pretrain the course's GPT with its own training program, exactly as a user runs it (`python -m
+    utils.train`, chapters 5 and 9) on the token shards in `data`; returns the folder of the saved model
+    (`<output>/model`, loadable with transformers) and the training loss of every step (from the program's
+    `metrics.jsonl`). Raises RuntimeError with the program's last output if it fails. The one place chapter 10
+    calls the program: adapt the flags and the log format here if they change."""
+    import subprocess
+    import sys
+
+    flags = ["--data", str(data), "--output", str(output), "--steps", str(steps), "--lr", str(lr), "--batch-size",
+             str(batch_size), "--layers", str(layers), "--width", str(width), "--heads", str(heads),
+             "--warmup", str(max(steps // 10, 1)), "--log-every", "1", "--checkpoint-every", "0",
+             "--peak-flops", "1e11", *extra]  # fmt: skip  # a nominal peak skips the start-up matmul (MFU unused)
+    done = subprocess.run([sys.executable, "-m", "utils.train", *flags], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"python -m utils.train failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return Path(output) / "model", [row["loss"] for row in rows]
+
+
+# ---------------------------------------------------------------------------------------- command line (SageMaker)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m utils.finetuning --steps 48 ...`: train and save the genre adapter. On SageMaker the adapter goes
+    to $SM_MODEL_DIR (uploaded as model.tar.gz); elsewhere to `--output` or `adapter_dir()`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m utils.finetuning", description=main.__doc__.splitlines()[0])
+    for name, kind, default in [("steps", int, 48), ("batch-size", int, 8), ("lr", float, 1e-3), ("rank", int, 8),
+                                ("words", int, 24)]:  # fmt: skip
+        parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", type=kind, default=default)
+    parser.add_argument("--output", default=os.environ.get("SM_MODEL_DIR"), help="default: $SM_MODEL_DIR or the cache")
+    parser.add_argument("--data", default=os.environ.get("SM_CHANNEL_TRAINING"),
+                        help="folder with train.jsonl and validation.jsonl (default: $SM_CHANNEL_TRAINING, else built)")
+    args = parser.parse_args(argv)
+    if min(args.steps, args.batch_size, args.rank, args.words) < 1 or args.lr <= 0:
+        parser.error("steps, batch size, rank and words must be positive integers and lr a positive number")
+    data = read_splits(args.data, ("train", "validation")) if args.data else None
+    folder = Path(args.output) / ADAPTER_NAME if args.output else None
+    folder = train_genre_adapter(folder, args.steps, args.batch_size, args.lr, args.rank, args.words, True, data)
+    print(json.dumps({"adapter": str(folder), **adapter_info(folder)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
