@@ -5,7 +5,7 @@ tiny random Llama with SmolLM2's tokenizer, so the tests take seconds."""
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from utils import assets
 from utils import finetuning as ft
@@ -136,3 +136,35 @@ def test_adapter_save_merge_reload_equal(tokenizer, tmp_path, monkeypatch):
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="train_genre_adapter"):
         ft.adapter_info(tmp_path / "nothing")
+
+
+def test_fit_classifier_learns_a_separable_task_and_predicts():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2)  # fmt: skip
+    model = BertForSequenceClassification(config)
+    labels = torch.arange(64) % 2
+    inputs = {"input_ids": torch.stack([torch.full((4,), 3 + int(y)) for y in labels])}  # token 3 or 4 says the class
+    losses = ft.fit_classifier(model, inputs, labels, steps=30, lr=1e-2, batch_size=16)
+    assert len(losses) == 30 and losses[-1] < losses[0]
+    assert (ft.predict_classes(model, inputs, batch_size=10) == labels).all()
+    with pytest.raises(ValueError, match="one row per label"):
+        ft.fit_classifier(model, {"input_ids": inputs["input_ids"][:3]}, labels, steps=1, lr=1e-3)
+
+
+def test_splits_round_trip_and_bad_files_name_the_line(data, tmp_path):
+    folder = ft.write_splits(data, tmp_path / "splits")
+    assert ft.read_splits(folder, ("train", "test")) == {"train": data["train"], "test": data["test"]}
+    (folder / "train.jsonl").write_text('{"text": "Some words", "label": "romance"}\n')
+    with pytest.raises(ft.DatasetError, match=r"train.jsonl:1: needs a non-empty text and a label"):
+        ft.read_splits(folder, ("train",))
+    with pytest.raises(ft.DatasetError, match="missing"):
+        ft.read_splits(tmp_path, ("train",))
+
+
+def test_command_line_and_training_program_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ft.main(["--steps", "0"])
+    assert "must be positive" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="python -m utils.train failed"):
+        ft.pretrain_course_gpt(tmp_path / "no-shards", tmp_path / "run", steps=1)
