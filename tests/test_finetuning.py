@@ -84,6 +84,7 @@ def test_chat_template_and_prompt_mask(tokenizer):
 def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
     trainer = ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, steps=1, lr=1e-3,
                              batch_size=2)  # fmt: skip
+    assert trainer.args.bf16 == ft.bf16_available()  # trl's default, bf16 autocast, would apply on CPUs too
     batch = next(iter(trainer.get_train_dataloader()))
     ours = {tuple(x["input_ids"]): x["labels"]
             for x in (ft.tokenize_example(tokenizer, e["text"], e["label"]) for e in data["train"][:2])}  # fmt: skip

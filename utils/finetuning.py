@@ -314,14 +314,20 @@ def count_trainable(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def bf16_available() -> bool:
+    """True on a CUDA GPU that supports bf16; the course trains in fp32 everywhere else."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def sft_trainer(
     model: Any, tokenizer: Any, examples: Sequence[dict[str, str]], output_dir: str | Path, steps: int,
     lr: float, batch_size: int = 8, lora: Any = None, seed: int = 0,
 ) -> Any:  # fmt: skip
     """trl's SFTTrainer for the genre task: chat template applied, loss on the answer only (prompt-completion
-    data with `completion_only_loss`), AdamW at a constant rate `lr` after 10% warm-up, fp32 on the CPU, no
-    checkpoints. `lora` (a LoraConfig) trains adapters instead of every weight; it wraps `model` in place.
-    Two trainers with the same `seed` and examples see the same batches in the same order."""
+    data with `completion_only_loss`), AdamW at a constant rate `lr` after 10% warm-up, no checkpoints, and fp32
+    unless a GPU with bf16 is present (trl's configs default to bf16 autocast, on CPUs too, and leave the trained
+    model's forward wrapped in it). `lora` (a LoraConfig) trains adapters instead of every weight; it wraps
+    `model` in place. Two trainers with the same `seed` and examples see the same batches in the same order."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -330,8 +336,9 @@ def sft_trainer(
     config = SFTConfig(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type="constant_with_warmup", warmup_steps=max(steps // 10, 1), logging_steps=1,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed, use_cpu=True, completion_only_loss=True,
-        max_length=512, dataloader_num_workers=0, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+        save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=bf16_available(),
+        completion_only_loss=True, max_length=512, dataloader_num_workers=0,
+        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
     )  # fmt: skip
     data = Dataset.from_list([prompt_completion(e) for e in examples])
     return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)

@@ -340,7 +340,8 @@ def _common(output_dir: str | Path, steps: int, lr: float, batch_size: int, seed
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0 (got {steps}, {batch_size}, {lr})")
     return dict(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-                learning_rate=lr, logging_steps=1, save_strategy="no", report_to="none", seed=seed, use_cpu=True,
+                learning_rate=lr, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
+                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # trl defaults to bf16, CPUs too
                 dataloader_num_workers=0, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1")  # fmt: skip
 
 
