@@ -104,9 +104,10 @@ def test_labelling_headless_and_by_buttons_write_the_same_format(tmp_path):
 
 
 def test_verse_rule_scores_verse_above_chat():
-    assert pref.verse_rule("Made glorious summer by this sun of York;") == 2  # metre and no chat, no archaic word
-    assert pref.verse_rule("O, what a rogue and peasant slave art thou!") == 3
-    assert pref.verse_rule("Sure! Here is the next line:\nThe sun") == 0
+    assert pref.verse_rule("Made glorious summer by this sun of York;") == 3  # metre, no chat, new; no archaic word
+    assert pref.verse_rule("O, what a rogue and peasant slave art thou!") == 4
+    assert pref.verse_rule("O, what a rogue and peasant slave art thou!", prompt="what a rogue and peasant") == 3
+    assert pref.verse_rule("Sure! Here is the next line:\nThe sun") == 1  # only "new words"
     assert pref.verse_rule("") == 0
     assert [pref.syllables(w) for w in ("summer", "discontent", "the", "time")] == [2, 3, 1, 1]
 

@@ -337,11 +337,20 @@ def sft_trainer(
         output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
         lr_scheduler_type="constant_with_warmup", warmup_steps=max(steps // 10, 1), logging_steps=1,
         save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=bf16_available(),
-        completion_only_loss=True, max_length=512, dataloader_num_workers=0,
+        completion_only_loss=True, max_length=512, dataloader_num_workers=0, dataloader_pin_memory=bf16_available(),
         disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
     )  # fmt: skip
     data = Dataset.from_list([prompt_completion(e) for e in examples])
-    return SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    return quiet(SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora))
+
+
+def quiet(trainer: Any) -> Any:
+    """The trainer without the callback that prints every log line when progress bars are off (headless runs);
+    the lines stay in `trainer.state.log_history`."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def adapter_dir(name: str = ADAPTER_NAME) -> Path:

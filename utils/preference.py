@@ -222,11 +222,11 @@ def syllables(word: str) -> int:
     return max(1, groups - (word.endswith("e") and not word.endswith(("le", "ee")) and groups > 1))
 
 
-def verse_rule(text: str) -> int:
-    """A hand-written judge of "a next line of Shakespearean verse", 0-3 points: one line of 8-13 syllables
-    (iambic pentameter has 10 or 11), at least one early-modern word (thou, hath, 'tis...), and no chat
-    phrasing ("Here is...", "Sure"). It never trains anything, so a policy that fools the reward model without
-    writing verse shows up as a gap between the two judges."""
+def verse_rule(text: str, prompt: str = "") -> int:
+    """A hand-written judge of "the next line of a Shakespeare speech", 0-4 points: one line of 8-13 syllables
+    (iambic pentameter has 10 or 11), at least one early-modern word (thou, hath, 'tis...), no chat phrasing
+    ("Here is...", "Sure"), and new words: no run of four words copied from the `prompt`. It never trains
+    anything, so a policy that fools the reward model without writing verse shows up as a gap between judges."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     if not lines:
         return 0
@@ -234,7 +234,15 @@ def verse_rule(text: str) -> int:
     metre = len(lines) == 1 and 8 <= sum(syllables(w) for w in words) <= 13
     archaic = any(w.lower() in EARLY_MODERN or w.lower().endswith(("eth", "est")) for w in words)
     plain = not any(marker in text.lower() for marker in CHAT_MARKERS)
-    return int(metre) + int(archaic) + int(plain)
+    return int(metre) + int(archaic) + int(plain) + int(not _shares_run(text, prompt, 4))
+
+
+def _shares_run(text: str, other: str, n: int) -> bool:
+    def runs(x: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"[a-z']+", x.lower())
+        return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+    return bool(runs(text) & runs(other))
 
 
 @torch.no_grad()
@@ -342,7 +350,16 @@ def _common(output_dir: str | Path, steps: int, lr: float, batch_size: int, seed
     return dict(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
                 learning_rate=lr, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
                 bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # trl defaults to bf16, CPUs too
-                dataloader_num_workers=0, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1")  # fmt: skip
+                dataloader_pin_memory=torch.cuda.is_available(), dataloader_num_workers=0,
+                disable_tqdm=os.environ.get("TQDM_DISABLE") == "1")  # fmt: skip
+
+
+def _quiet(trainer: Any) -> Any:
+    """Drop the callback that prints every log line when progress bars are off; logs stay in the trainer state."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def reward_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], output_dir: str | Path,
@@ -356,7 +373,8 @@ def reward_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], 
     rows = [{"prompt": p["prompt"] + "\n", "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     config = RewardConfig(**_common(output_dir, steps, lr, batch_size, seed), max_length=256,
                           eos_token=tokenizer.sep_token or tokenizer.eos_token)  # fmt: skip
-    return RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    data = Dataset.from_list(rows)
+    return _quiet(RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer))
 
 
 def dpo_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], output_dir: str | Path, steps: int,
@@ -373,8 +391,9 @@ def dpo_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], out
     rows = [{"prompt": chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]  # fmt: skip
     config = DPOConfig(**_common(output_dir, steps, lr, batch_size, seed), beta=beta, max_length=256)
-    return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                      peft_config=lora, callbacks=list(callbacks))  # fmt: skip
+    data = Dataset.from_list(rows)
+    return _quiet(DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora,
+                             callbacks=list(callbacks)))  # fmt: skip
 
 
 def grpo_trainer(model: Any, tokenizer: Any, prompts: Sequence[str], reward: Callable[..., list[float]],
@@ -391,5 +410,5 @@ def grpo_trainer(model: Any, tokenizer: Any, prompts: Sequence[str], reward: Cal
                         num_generations=generations, max_completion_length=max_new_tokens, beta=beta,
                         temperature=1.0, log_completions=False)  # fmt: skip
     data = Dataset.from_list([{"prompt": chat(p)} for p in prompts])
-    return GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data, processing_class=tokenizer,
-                       peft_config=lora)  # fmt: skip
+    return _quiet(GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
+                              processing_class=tokenizer, peft_config=lora))  # fmt: skip
