@@ -95,7 +95,7 @@ def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
 
 def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
     model = tiny_llama(tokenizer)
-    shots = data["train"][:3]
+    shots = data["train"][:2]
     parts = [ft.prompt_parts(tokenizer, e["text"], shots) for e in data["test"][:3]]
     completions = [g + tokenizer.eos_token for g in ft.GENRES]
     cached = ft.completion_logprobs(model, tokenizer, [s for _, s in parts], completions, prefix=parts[0][0],
@@ -146,8 +146,8 @@ def test_fit_classifier_learns_a_separable_task_and_predicts():
     model = BertForSequenceClassification(config)
     labels = torch.arange(64) % 2
     inputs = {"input_ids": torch.stack([torch.full((4,), 3 + int(y)) for y in labels])}  # token 3 or 4 says the class
-    losses = ft.fit_classifier(model, inputs, labels, steps=30, lr=1e-2, batch_size=16)
-    assert len(losses) == 30 and losses[-1] < losses[0]
+    losses = ft.fit_classifier(model, inputs, labels, steps=15, lr=3e-2, batch_size=16)
+    assert len(losses) == 15 and losses[-1] < losses[0]
     assert (ft.predict_classes(model, inputs, batch_size=10) == labels).all()
     with pytest.raises(ValueError, match="one row per label"):
         ft.fit_classifier(model, {"input_ids": inputs["input_ids"][:3]}, labels, steps=1, lr=1e-3)
@@ -163,9 +163,7 @@ def test_splits_round_trip_and_bad_files_name_the_line(data, tmp_path):
         ft.read_splits(tmp_path, ("train",))
 
 
-def test_command_line_and_training_program_errors_are_clear(tmp_path, capsys):
+def test_command_line_rejects_bad_settings(capsys):
     with pytest.raises(SystemExit):
         ft.main(["--steps", "0"])
     assert "must be positive" in capsys.readouterr().err
-    with pytest.raises(RuntimeError, match="python -m utils.train failed"):
-        ft.pretrain_course_gpt(tmp_path / "no-shards", tmp_path / "run", steps=1)
