@@ -282,3 +282,21 @@ def test_run_schedule_checks_every_window_in_order():
     monitor = B.BiasMonitor({"gap": (None, 0.2)}, min_examples=1)
     alerts = B.run_schedule(monitor, [1, 2, 3], lambda day: ({"gap": 0.1 * day}, 40))
     assert [row["window"] for row in monitor.history] == [1, 2, 3] and len(alerts) == 1 and alerts[0].startswith("3:")
+
+
+def test_lora_fine_tune_adapts_a_copy_and_leaves_the_base_alone(tiny_lm):
+    from peft import LoraConfig
+
+    model, tokenizer = tiny_lm
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    texts = ["The nurse helped the woman."] * 8
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                      task_type="CAUSAL_LM")  # fmt: skip
+    adapted, losses = B.lora_fine_tune(model, tokenizer, texts, lora, steps=6, lr=5e-2, batch_size=4)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base is untouched
+    assert any("lora_" in name for name, _ in adapted.named_parameters()) and not adapted.training
+    learned = B.continuation_logprob(adapted, tokenizer, ["The nurse"], " helped the woman.")[0]
+    assert learned > B.continuation_logprob(model, tokenizer, ["The nurse"], " helped the woman.")[0]
+    with pytest.raises(B.BiasInputError, match="steps >= 1"):
+        B.lora_fine_tune(model, tokenizer, texts, lora, steps=0)

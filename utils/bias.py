@@ -476,6 +476,38 @@ def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], co
 # ------------------------------------------------------------------------------ counterfactual data augmentation
 
 
+def lora_fine_tune(model: Any, tokenizer: Any, texts: Sequence[str], lora: Any, steps: int, lr: float = 1e-3,
+                   batch_size: int = 16, seed: int = 0) -> tuple[Any, list[float]]:  # fmt: skip
+    """Fine-tune a copy of the causal LM `model` on plain `texts` with LoRA adapters (`lora`, a peft LoraConfig,
+    e.g. chapter 10's `utils.finetuning.lora_config()`) through trl's SFTTrainer: loss on every token, AdamW at a
+    constant `lr` after 10% warm-up, fp32 (trl's configs default to bf16 autocast, on CPUs too), no checkpoints.
+    `model` itself is left untouched, so several fine-tunes can start from one base. Two calls with the same
+    `seed`, `steps` and `batch_size` draw the same number of examples per step in the same random order of their
+    data. Returns (the adapted model in eval mode, the training loss per step)."""
+    import copy
+    import tempfile
+
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    if steps < 1 or batch_size < 1 or not texts:
+        raise BiasInputError(f"need steps >= 1, batch_size >= 1 and texts (got {steps}, {batch_size}, {len(texts)})")
+    with tempfile.TemporaryDirectory() as scratch:
+        config = SFTConfig(
+            output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
+            lr_scheduler_type="constant_with_warmup", warmup_steps=max(steps // 10, 1), logging_steps=1,
+            save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=False, max_length=128,
+            dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = SFTTrainer(model=copy.deepcopy(model), args=config, train_dataset=Dataset.from_dict({"text": texts}),
+                             processing_class=tokenizer, peft_config=lora)  # fmt: skip
+        trainer.remove_callback(PrinterCallback)  # headless runs would print every log line
+        trainer.train()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return trainer.model.eval(), losses
+
+
 def _match_case(word: str, template: str) -> str:
     if template.isupper() and len(template) > 1:
         return word.upper()
