@@ -609,7 +609,8 @@ class BiasMonitor:
             for name, (low, high) in self.limits.items():
                 value = metrics[name]
                 if math.isnan(value) or (low is not None and value < low) or (high is not None and value > high):
-                    alerts.append(f"{window}: {name} = {value:.3f} outside [{low}, {high}] ({examples} examples)")
+                    bounds = ", ".join("none" if v is None else f"{v:.3g}" for v in (low, high))
+                    alerts.append(f"{window}: {name} = {value:.3f} outside [{bounds}] ({examples} examples)")
         self.history.append({"window": window, "examples": examples, **metrics, "alerts": alerts})
         return alerts
 
