@@ -18,6 +18,7 @@ from utils import retrieval as R
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = ROOT / "data" / "course_qa"
+CHUNK_WORDS = 60  # notebook 15's chunk size
 
 
 class WordEmbeddings(Embeddings):
@@ -36,7 +37,7 @@ class WordEmbeddings(Embeddings):
 
 @pytest.fixture(scope="module")
 def corpus():
-    return R.chunk_documents(R.course_documents(ROOT, exclude=("15_",)), words=120)
+    return R.chunk_documents(R.course_documents(ROOT, exclude=("15_",)), words=CHUNK_WORDS)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_course_documents_read_docs_only_and_chunks_stay_near_the_size(corpus):
     sources = {c.metadata["source"] for c in corpus}
     assert {"README.md", "CONTRIBUTING.md", "utils/assets.py", "notebooks/00_course_tour.ipynb"} <= sources
     assert not any(s.startswith("data/") or "15_" in s for s in sources)
-    assert all(len(c.page_content.split()) <= 120 + 12 for c in corpus)  # the heading line comes on top
+    assert all(len(c.page_content.split()) <= CHUNK_WORDS + 12 for c in corpus)  # the heading line comes on top
     assert all(c.page_content.startswith(c.metadata["section"]) for c in corpus)
     with pytest.raises(FileNotFoundError, match="course's root"):
         R.course_documents(ROOT / "data")
@@ -107,15 +108,15 @@ def test_load_jsonl_names_the_bad_line(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_retrieval_recall_on_the_shipped_set(corpus, questions):
-    """MiniLM + FAISS finds the evidence of most questions in its first five chunks (measured 2026-11: recall@1
-    about 0.6, recall@5 about 0.8); a broken index, encoder or chunker falls far below."""
+    """MiniLM + FAISS finds the evidence of most questions in its first five chunks (measured with 60-word
+    chunks: recall@1 0.36, recall@5 0.76); a broken index, encoder or chunker falls far below (random: ~0.01)."""
     embeddings = R.SentenceEmbeddings(assets.load_minilm())
     store = R.FaissStore(embeddings)
     store.add_vectors(embeddings.embed_array([c.page_content for c in corpus]), corpus)
     _, rows = store.search_vectors(embeddings.embed_array([q["question"] for q in questions]), 5)
     texts = [[corpus[i].page_content for i in row] for row in rows]
     recall = R.recall_at_k(texts, [q["evidence"] for q in questions], [1, 5])
-    assert recall[1] >= 0.4 and recall[5] >= 0.65, recall
+    assert recall[1] >= 0.25 and recall[5] >= 0.6, recall
 
 
 # ------------------------------------------------------------------------------------------ index and retrieval
