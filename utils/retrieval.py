@@ -426,6 +426,9 @@ class LocalChatModel(BaseChatModel):
 RAG_SYSTEM = ("Answer the question using only the context. Reply with the answer in a few words. If the context does "
               "not contain the answer, reply: I don't know.")  # fmt: skip
 CLOSED_BOOK_SYSTEM = "Answer the question about the course in a few words. If you do not know, reply: I don't know."
+RAG_PROMPT = ChatPromptTemplate.from_messages([("system", RAG_SYSTEM),
+                                               ("human", "Context:\n{context}\n\nQuestion: {question}")])  # fmt: skip
+CLOSED_BOOK_PROMPT = ChatPromptTemplate.from_messages([("system", CLOSED_BOOK_SYSTEM), ("human", "{question}")])
 
 
 def format_documents(docs: Sequence[Document]) -> str:
@@ -436,12 +439,9 @@ def format_documents(docs: Sequence[Document]) -> str:
 def rag_chain(retriever: Runnable, chat_model: BaseChatModel) -> Runnable:
     """question -> {"answer", "context"}: retrieve, put the chunks in the prompt, answer (LangChain's expression
     language; `context` is the list of retrieved Documents, kept for checking the answer against it)."""
-    prompt = ChatPromptTemplate.from_messages(
-        [("system", RAG_SYSTEM), ("human", "Context:\n{context}\n\nQuestion: {question}")]
-    )
     answer = (
         RunnablePassthrough.assign(context=lambda x: format_documents(x["context"]))
-        | prompt
+        | RAG_PROMPT
         | chat_model
         | StrOutputParser()
     )
@@ -450,8 +450,7 @@ def rag_chain(retriever: Runnable, chat_model: BaseChatModel) -> Runnable:
 
 def closed_book_chain(chat_model: BaseChatModel) -> Runnable:
     """question -> answer from the model's own weights, same model and decoding, no retrieval: the baseline."""
-    prompt = ChatPromptTemplate.from_messages([("system", CLOSED_BOOK_SYSTEM), ("human", "{question}")])
-    return {"question": RunnablePassthrough()} | prompt | chat_model | StrOutputParser()
+    return {"question": RunnablePassthrough()} | CLOSED_BOOK_PROMPT | chat_model | StrOutputParser()
 
 
 # ------------------------------------------------------------------------------------------------------- tools
