@@ -108,15 +108,20 @@ def test_load_jsonl_names_the_bad_line(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_retrieval_recall_on_the_shipped_set(corpus, questions):
-    """MiniLM + FAISS finds the evidence of most questions in its first five chunks (measured with 60-word
-    chunks: recall@1 0.36, recall@5 0.76); a broken index, encoder or chunker falls far below (random: ~0.01)."""
+    """MiniLM + FAISS finds the evidence of most questions in its first chunks; a broken index, encoder or chunker
+    falls far below (random: recall@5 ~0.03 here). On the whole corpus (notebook 15, 60-word chunks) recall@1 was
+    0.36 and recall@5 0.76. To stay within the unit-test budget the test embeds only the questions about the
+    markdown files and `utils` docstrings and the chunks of those files (13 questions, 145 chunks, measured
+    recall@1 0.54, recall@5 1.0); notebook 15 measures the whole set."""
+    questions = [q for q in questions if not q["source"].startswith("notebooks/")]
+    corpus = [c for c in corpus if c.metadata["source"] in {q["source"] for q in questions}]
     embeddings = R.SentenceEmbeddings(assets.load_minilm())
     store = R.FaissStore(embeddings)
     store.add_vectors(embeddings.embed_array([c.page_content for c in corpus]), corpus)
     _, rows = store.search_vectors(embeddings.embed_array([q["question"] for q in questions]), 5)
     texts = [[corpus[i].page_content for i in row] for row in rows]
     recall = R.recall_at_k(texts, [q["evidence"] for q in questions], [1, 5])
-    assert recall[1] >= 0.25 and recall[5] >= 0.6, recall
+    assert recall[1] >= 0.3 and recall[5] >= 0.75, recall
 
 
 # ------------------------------------------------------------------------------------------ index and retrieval
