@@ -9,6 +9,8 @@ seconds of one batched search measured in one run, alternating the methods, and 
 The real corpus has a few thousand chunks, where every method takes well under a millisecond. `--copies N` adds
 N-1 perturbed copies of every chunk vector (Gaussian noise of standard deviation 0.02 per dimension, renormalised)
 to show how the methods scale at the sizes a real document store reaches; the queries stay the real questions.
+HNSW's recall against the exact top k is pessimistic on the grown corpus: the copies of one chunk are near-duplicates
+with almost equal scores, and any of them answers the query as well as the one exact search ranks first.
 
     .venv/bin/python benchmarks/retrieval_search.py [--copies 1 10 100] [--repeats 7] [--k 10]
 """
