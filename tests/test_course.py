@@ -117,17 +117,26 @@ def test_output_dir_is_the_run_folder_under_the_runner(tmp_path, monkeypatch):
 
 
 def test_peak_memory_measures_the_children_not_the_runner():
+    """Run in a fresh interpreter: pytest's own process may hold children other tests left (a compile-worker
+    pool, a server being torn down), and those would count as this test's children."""
     import subprocess
     import sys
+    from pathlib import Path
 
-    ballast = bytearray(200_000_000)  # the runner's own memory: must not count
-    with course.PeakMemory(interval_s=0.05) as idle:
-        pass
-    assert idle.peak_bytes == 0 and len(ballast)
-    child = "import time; block = b'x' * 300_000_000; time.sleep(0.5)"  # written bytes, so resident
-    with course.PeakMemory(interval_s=0.05) as memory:
-        subprocess.run([sys.executable, "-c", child], check=True)
-    assert 300e6 <= memory.peak_bytes < 600e6
+    scenario = """
+import subprocess, sys
+from utils import course
+ballast = bytearray(200_000_000)  # the runner's own memory: must not count
+with course.PeakMemory(interval_s=0.05) as idle:
+    pass
+assert idle.peak_bytes == 0 and len(ballast), idle.peak_bytes
+child = "import time; block = b'x' * 300_000_000; time.sleep(0.5)"  # written bytes, so resident
+with course.PeakMemory(interval_s=0.05) as memory:
+    subprocess.run([sys.executable, "-c", child], check=True)
+assert 300e6 <= memory.peak_bytes < 600e6, memory.peak_bytes
+"""
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-c", scenario], check=True, cwd=root)
 
 
 def test_report_shows_peak_memory_and_the_machine_throughput(tmp_path):
