@@ -27,7 +27,7 @@ help:
 	@echo "make lab           JupyterLab with the course kernel registered (LAB_PORT=8888)"
 	@echo "make test-browser  notebook 00 run through JupyterLab in headless Chromium (not part of make test)"
 	@echo "make canary        the tests in .venv-canary with the newest core libraries; report in runs/"
-	@echo "make clean         remove .venv, runs/ and the asset cache"
+	@echo "make clean         remove .venv, .venv-canary, runs/ and the asset cache"
 
 # Before setup it runs with $(PYTHON) and the standard library; after, with .venv's Python.
 doctor:
@@ -90,4 +90,4 @@ canary: setup
 	$(BIN)/python tools/canary.py --python "$(PYTHON)" $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 clean:
-	rm -rf $(VENV) runs data/cache
+	rm -rf $(VENV) $(VENV)-canary runs data/cache
