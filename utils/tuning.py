@@ -133,9 +133,10 @@ def squared_gradient_norm(model: torch.nn.Module, batch: dict[str, torch.Tensor]
 def gradient_noise_scale(
     small_norms: Sequence[float], small_batch: int, big_norms: Sequence[float], big_batch: int
 ) -> dict[str, float]:
-    """The simple noise scale B_simple = tr(Sigma) / |G|^2 of McCandlish et al. (2018, eq. 2.8 and appendix A.1), from
-    squared gradient norms |G_B|^2 measured on independent batches of `small_batch` and of `big_batch` examples at the
-    same parameters. Since E|G_B|^2 = |G|^2 + tr(Sigma) / B, two batch sizes give unbiased estimates of both:
+    """The simple noise scale B_simple = tr(Sigma) / |G|^2 of McCandlish et al. (2018, section 2.2 and appendix
+    A.1), from squared gradient norms |G_B|^2 measured on independent batches of `small_batch` and of `big_batch`
+    examples at the same parameters. Since E|G_B|^2 = |G|^2 + tr(Sigma) / B, two batch sizes give unbiased estimates
+    of both:
 
         |G|^2     = (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
         tr(Sigma) = (|G_small|^2 - |G_big|^2) / (1 / B_small - 1 / B_big)
