@@ -12,13 +12,27 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: help course test lab setup assets lint unit notebooks clean
+# `make lab` serves on this port (JupyterLab moves to the next free one if it is taken) from this folder.
+LAB_PORT ?= 8888
+LAB_DIR ?= notebooks
+# The course's JupyterLab settings (no news or update pop-ups, no kernel picker): jupyter/labconfig/.
+LAB_ENV := JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
+
+.PHONY: help course test lab setup assets lint unit notebooks clean doctor test-browser canary
 
 help:
-	@echo "make course   run every notebook at laptop size; report in runs/<timestamp>/index.html"
-	@echo "make test     lint, unit tests, every notebook at smoke size under nbval (what CI runs)"
-	@echo "make lab      JupyterLab with the course kernel registered"
-	@echo "make clean    remove .venv, runs/ and the asset cache"
+	@echo "make doctor        will the course run here, and how long will it take? (works before setup)"
+	@echo "make course        run every notebook at laptop size; report in runs/<timestamp>/index.html"
+	@echo "make test          lint, unit tests, every notebook at smoke size under nbval (what CI runs)"
+	@echo "make lab           JupyterLab with the course kernel registered (LAB_PORT=8888)"
+	@echo "make test-browser  notebook 00 run through JupyterLab in headless Chromium (not part of make test)"
+	@echo "make canary        the tests in .venv-canary with the newest core libraries; report in runs/"
+	@echo "make clean         remove .venv, runs/ and the asset cache"
+
+# Before setup it runs with $(PYTHON) and the standard library; after, with .venv's Python.
+doctor:
+	@$(if $(PYTHON),,$(error No python3 on the PATH: install Python 3.11 (see TROUBLESHOOTING.md)))
+	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m utils.doctor --python "$(PYTHON)" --port $(LAB_PORT)
 
 course: setup
 	$(BIN)/python -m utils.course run
@@ -28,12 +42,22 @@ test: setup lint unit notebooks
 setup: $(INSTALLED) assets
 
 $(BIN)/python:
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11, 5) <= sys.version_info[:3] and v <= (3, 12) else \
-		f"The course needs Python 3.11.5-3.12 (its pins, numpy 2.4 and transformers 5 among them, need 3.11+); {sys.executable} is {v[0]}.{v[1]}. Run: make PYTHON=python3.11 ...")'
+	@$(if $(PYTHON),,$(error No python3 on the PATH: install Python 3.11 (see TROUBLESHOOTING.md)))
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:3]; sys.exit(0 if (3, 11, 5) <= v and v[:2] <= (3, 12) else \
+		f"The course needs Python 3.11.5-3.12 (its pins, numpy 2.4 and transformers 5 among them, need 3.11+); {sys.executable} is {v[0]}.{v[1]}.{v[2]}.\nFix: install Python 3.11 (pyenv install 3.11, conda, or python.org), then run: make PYTHON=/path/to/python3.11 setup   (make doctor checks the rest)")'
 	$(PYTHON) -m venv $(VENV)
 
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu installs PyTorch's CPU build of the pinned version first: on Linux
+# without a GPU that saves several GB of CUDA libraries (see TROUBLESHOOTING.md).
+TORCH_PIN = $(shell sed -n 's/^torch==\([^ #]*\).*/\1/p' requirements.txt)
+export COURSE_PIP_HELP := pip could not install the pinned requirements; its last lines above say why. SSLError or ProxyError: set \
+	HTTPS_PROXY and PIP_CERT. "gcc" or "Python.h" missing: install a C compiler and the Python headers. "Requires-Python": \
+	use Python 3.11.5-3.12. Each is in TROUBLESHOOTING.md; make doctor checks this machine.
+
 $(INSTALLED): requirements.txt pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.txt
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --disable-pip-version-check --quiet torch==$(TORCH_PIN) \
+		--index-url $(TORCH_INDEX) || { echo "$$COURSE_PIP_HELP" >&2; exit 1; })
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -r requirements.txt || { echo "$$COURSE_PIP_HELP" >&2; exit 1; }
 	$(BIN)/python -m pip install --disable-pip-version-check --quiet --no-deps -e .
 	touch $@
 
@@ -53,7 +77,17 @@ notebooks: $(INSTALLED)
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name pretrain-course --display-name "Python (pretrain course)"
-	$(BIN)/jupyter lab notebooks $(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers, cloud boxes
+	$(LAB_ENV) $(BIN)/jupyter lab $(LAB_DIR) --port $(LAB_PORT) $(LAB_ARGS) \
+		$(if $(filter 0,$(shell id -u)),--allow-root)  # root: containers, cloud boxes
+
+# Playwright drives the Chromium found on the machine (Debian: apt-get install chromium; else CHROMIUM=/path/to/chrome);
+# skipped, saying so, if there is none.
+test-browser: setup
+	COURSE_BROWSER_TEST=1 $(BIN)/python -m pytest tests/browser -v
+
+# Newest releases of the core libraries in .venv-canary (torch stays at its pin unless CANARY_TORCH=1); slow.
+canary: setup
+	$(BIN)/python tools/canary.py --python "$(PYTHON)" $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 clean:
 	rm -rf $(VENV) runs data/cache

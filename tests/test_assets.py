@@ -105,7 +105,8 @@ def _make_sdist(path: Path, members: dict[str, bytes]) -> Path:
 def test_sdist_members_unpack_flat_under_the_prefix(tmp_path):
     archive = _make_sdist(tmp_path / "pkg-1.0.tar.gz", {"pkg-1.0/texts/a.txt": b"alpha", "pkg-1.0/setup.py": b""})
     asset = Asset("t", "pkg==1.0", archive.name, "", "pkg-1.0/texts/", "")
-    assert assets._unpack(asset, archive, tmp_path / "out") == {"a.txt": 5}
+    alpha = {"bytes": 5, "sha256": hashlib.sha256(b"alpha").hexdigest()}
+    assert assets._unpack(asset, archive, tmp_path / "out") == {"a.txt": alpha}
     assert (tmp_path / "out" / "a.txt").read_bytes() == b"alpha"
 
 

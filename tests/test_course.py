@@ -99,6 +99,11 @@ def test_a_run_reports_passes_failures_metrics_and_figures(tmp_path):
     page = (run_dir / "index.html").read_text()
     assert "planted failure" in page and "01_bad.ipynb" in page and "<img" in page
     assert summary["mode"] == "smoke" and summary["passed"] == 2 and summary["failed"] == 1
+    # Each kernel (Python, IPython, matplotlib) holds tens of MB; the runner's own memory is not counted.
+    assert all(40 < by_name[n]["peak_rss_mb"] < 2000 for n in by_name)
+    assert "peak memory (kernel)" in page and " MB</td>" in page
+    assert summary["matmul"] is None  # measured at default size only
+    assert len(summary["load_average_at_end"]) == 3
 
 
 def test_update_notebooks_refuses_smoke_size():
@@ -109,3 +114,55 @@ def test_update_notebooks_refuses_smoke_size():
 def test_output_dir_is_the_run_folder_under_the_runner(tmp_path, monkeypatch):
     monkeypatch.setenv(course.RECORD_FILE_ENV, str(tmp_path / "run" / "records" / "02_x.json"))
     assert course.output_dir() == (tmp_path / "run").resolve()
+
+
+def test_peak_memory_measures_the_children_not_the_runner():
+    import subprocess
+    import sys
+
+    ballast = bytearray(200_000_000)  # the runner's own memory: must not count
+    with course.PeakMemory(interval_s=0.05) as idle:
+        pass
+    assert idle.peak_bytes == 0 and len(ballast)
+    child = "import time; block = b'x' * 300_000_000; time.sleep(0.5)"  # written bytes, so resident
+    with course.PeakMemory(interval_s=0.05) as memory:
+        subprocess.run([sys.executable, "-c", child], check=True)
+    assert 300e6 <= memory.peak_bytes < 600e6
+
+
+def test_report_shows_peak_memory_and_the_machine_throughput(tmp_path):
+    results = [course.NotebookResult("00_a.ipynb", "passed", 31.0, peak_rss_mb=1234.5)]
+    matmul = {"size": 1024, "gflops": 88.4, "seconds": 0.02, "best_gflops": 90.0, "relative_spread": 0.01}
+    course.write_report(results, tmp_path, smoke=False, machine={"cpu": "test"}, matmul=matmul)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["notebooks"][0]["peak_rss_mb"] == 1234.5 and summary["matmul"]["gflops"] == 88.4
+    page = (tmp_path / "index.html").read_text()
+    assert "<td>1.2 GB</td>" in page and "1024x1024: 88 GFLOP/s" in page
+    assert [course.format_memory(v) for v in (None, 850.0, 1234.5)] == ["-", "850 MB", "1.2 GB"]
+
+
+def test_a_default_size_run_measures_matmul_throughput_first(tmp_path, monkeypatch):
+    import utils.machine
+
+    calls = []
+    monkeypatch.setattr(utils.machine, "measure_matmul_throughput", lambda size, **kw: calls.append(size) or
+                        {"size": size, "gflops": 50.0})  # fmt: skip
+    monkeypatch.setattr(course, "run_notebook", lambda source, *a: course.NotebookResult(source.name, "passed", 1.0))
+    _write(tmp_path / "00_a.ipynb", new_code_cell("1"))
+    assert course.run_course(runs_dir=tmp_path / "runs", notebooks_dir=tmp_path) == 0
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert calls == [course.REFERENCE_MATMUL_SIZE]
+    assert json.loads((run_dir / "summary.json").read_text())["matmul"]["gflops"] == 50.0
+
+
+def test_a_killed_kernel_is_reported_with_the_out_of_memory_fix(tmp_path):
+    """The out-of-memory killer ends a kernel with SIGKILL; the report says what that usually means and the fix."""
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    _write(notebooks / "01_oom.ipynb", new_code_cell("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)"))
+    assert course.run_course(smoke=True, runs_dir=tmp_path / "runs", timeout_s=60, notebooks_dir=notebooks) == 1
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    error = json.loads((run_dir / "summary.json").read_text())["notebooks"][0]["error"]
+    assert error["ename"] == "DeadKernelError" and error["evalue"] == "Kernel died"
+    assert "memory runs out" in error["hint"] and "--smoke --only 01" in error["hint"]
+    assert "TROUBLESHOOTING.md" in error["hint"] and "memory runs out" in (run_dir / "index.html").read_text()

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import math
+import re
 import shutil
 import signal
 import socket
@@ -179,6 +180,84 @@ def test_every_rank_refuses_too_little_data_on_its_own(argv, tmp_path, monkeypat
     assert not (tmp_path / "out").exists()
 
 
+# ------------------------------------------------------------------------------------------ damaged data
+
+
+def flip_a_byte(shards: Path, folder: Path) -> Path:
+    """A copy of `shards` with one bit flipped in the middle of the first shard, where the fast checks (first and
+    last block of each shard) do not look; the token id stays inside the vocabulary (ids below 100, x ^ 1 < 100)."""
+    shutil.copytree(shards, folder)
+    shard = folder / json.loads((folder / loaders.INDEX_FILE).read_text())["shards"][0]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 & ~1] ^= 1  # the low byte of a little-endian uint16 id
+    shard.write_bytes(bytes(data))
+    return folder
+
+
+def test_a_flipped_byte_is_refused_by_the_full_check_at_start_and_the_flag_skips_it(argv, shards, tmp_path):
+    data = flip_a_byte(shards, tmp_path / "data")
+    code, _, err = run_main(argv(data=str(data), output=str(tmp_path / "out"), steps=2))
+    assert code == 2 and "does not match its SHA-256 in index.json" in err and "found by rank 0's full check" in err
+    assert "rewrite" in err and not (tmp_path / "out").exists()  # says the fix; nothing written
+    code, out, _ = run_main(argv(data=str(data), output=str(tmp_path / "out"), steps=2, verify_data=False))
+    assert code == 0 and "data: fast checks only" in out  # the flag skips the full check, and says so
+    code, out, _ = run_main(argv(output=str(tmp_path / "intact"), steps=1))
+    assert code == 0 and "data: every shard's SHA-256 and token ids checked in" in out
+
+
+def test_every_rank_refuses_a_damaged_shard_on_opening(argv, shards, tmp_path, monkeypatch):
+    """The fast checks run when any rank opens the data, before the rendezvous: rank 1 of 2 refuses a shard cut
+    short on its own, with the numbers and the fix (a traceback from numpy before)."""
+    data = tmp_path / "data"
+    shutil.copytree(shards, data)
+    shard = data / json.loads((data / loaders.INDEX_FILE).read_text())["shards"][-1]["file"]
+    shard.write_bytes(shard.read_bytes()[:-32])  # one 16-token block of uint16 ids short
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)  # port 1: a rendezvous would fail, not hang
+    code, _, err = run_main(argv(data=str(data), output=str(tmp_path / "out"), strategy="ddp"))
+    assert code == 2 and f"rank 1: error: {shard} has" in err and "truncated or replaced" in err
+    assert not (tmp_path / "out").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_ranks(command: list[str], port: int, world: int = 2) -> list[subprocess.Popen]:
+    """`world` ranks of `command` on this host, started as torchrun would (env://: RANK, LOCAL_RANK, WORLD_SIZE)."""
+    env = PROGRAM_ENV | {"WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return [
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(world)
+    ]
+
+
+def test_the_full_check_runs_on_local_rank_0_and_every_rank_refuses_what_it_found(tiny, shards, monkeypatch):
+    """Rank 1 of 2 on one host does not read the shards itself: it waits in the gather (the barrier) for local rank
+    0's check, then refuses with what rank 0 found, so no rank trains on data another one refused. (The gather is
+    the collective the DDP/FSDP torchrun tests run; here it is replaced by rank 0's answer, to keep the test
+    in-process.)"""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(T, "verify_shards", lambda folder: pytest.fail("rank 1 read the shards"))
+    finding = "shard-00000.bin does not match its SHA-256 (found by rank 0's full check of the data)"
+    gathered = []
+    monkeypatch.setattr(T, "gather", lambda value, world: gathered.append((value, world)) or [finding, value])
+    with pytest.raises(T.Stop, match=re.escape(finding)) as refused:
+        T.verify_data(tiny(), [shards], world=2)
+    assert refused.value.code == 2 and gathered == [(None, 2)]  # rank 1 took part in the gather, with nothing found
+    monkeypatch.setattr(T, "gather", lambda value, world: [None, value])  # rank 0 found nothing: both go on
+    assert T.verify_data(tiny(), [shards], world=2).startswith("data: every shard's SHA-256 and token ids checked")
+
+
 # ------------------------------------------------------------------------------------------ non-finite values
 
 
@@ -309,22 +388,7 @@ def test_a_stopped_rank_fails_the_job_after_the_collective_timeout_naming_the_ra
     """Rank 1 stops itself (SIGSTOP) after step 2; rank 0 fails after --collective-timeout 3 s with exit 5 and names
     rank 1, instead of waiting forever (the 30-minute default). Two ranks started as torchrun would (env://)."""
     settings = tiny(output=str(tmp_path), steps=6, checkpoint_every=1, strategy="ddp", collective_timeout=3)
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = PROGRAM_ENV | {"WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    command = [sys.executable, str(FAULTS), "stall:2:1", *S.command_line(settings)]
-    ranks = [
-        subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env | {"RANK": str(r), "LOCAL_RANK": str(r)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for r in (0, 1)
-    ]
+    ranks = start_ranks([sys.executable, str(FAULTS), "stall:2:1", *S.command_line(settings)], free_port())
     try:
         start = time.perf_counter()
         code = ranks[0].wait(timeout=120)

@@ -205,7 +205,7 @@ def test_no_credentials_means_offline_even_where_the_metadata_address_is_blocked
 
 
 def test_the_data_channel_must_be_in_s3(aws, source):
-    with pytest.raises(ValueError, match="s3:// URI"):
+    with pytest.raises(J.InvalidRequest, match="must be an s3://bucket/prefix URI"):
         J.start_training(J.gpt_trainer(aws, source, HYPERPARAMETERS), "runs/shards")
 
 

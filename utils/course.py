@@ -9,8 +9,11 @@
 
 A run writes `runs/<timestamp>/`: the executed notebooks, `figures/`, `summary.json` and `index.html`. One
 notebook failing does not stop the others; the exit status is non-zero if any failed, and the report names the
-cell that raised and what it raised. Defined for notebook 00; needs papermill and nbformat, and `utils.machine`
-for the machine description in the report.
+cell that raised and what it raised. Each notebook's wall time and the peak resident memory of its kernel (with
+any processes the kernel starts) are recorded; a default-size run also measures the machine's matrix-multiply
+throughput, so `tools/course_timings.py` and `make doctor` can scale the times to another machine. Defined for
+notebook 00; needs papermill, nbformat and psutil, and `utils.machine` for the machine description and the
+throughput.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +43,9 @@ SMOKE_ENV = "COURSE_SMOKE"  # "1": notebooks run at smoke size
 #: Environment every headless notebook kernel gets on top of the runner's: no progress bars (they are for people
 #: watching; in a saved notebook they are noise). Each notebook switches the hub off itself (utils.offline).
 HEADLESS_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+#: Side of the square fp32 matrix multiply whose throughput a default-size run records next to its times.
+REFERENCE_MATMUL_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -123,6 +130,7 @@ class NotebookResult:
     notebook: str
     status: str  # "passed" or "failed"
     wall_s: float
+    peak_rss_mb: float | None = None  # the kernel's process tree, see PeakMemory
     metrics: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -217,6 +225,81 @@ def clean_for_commit(notebook: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+class PeakMemory:
+    """Peak resident memory (bytes) of this process's child processes while the block runs: the notebook's kernel
+    and every process it starts (DDP workers, a training toolkit), not the runner itself.
+
+    A thread samples the children every `interval_s` seconds and keeps the largest sum of their resident set
+    sizes. Short spikes between samples would be missed, so each sample also reads every child's own high-water
+    mark (Linux: VmHWM in /proc/<pid>/status; Windows: psutil's peak_wset), which the kernel tracks exactly;
+    the peak reported is the larger of the two. Both are lower bounds of the true peak of the tree, and the sum
+    counts pages that forked workers share once per process.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        import psutil
+
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._me = psutil.Process()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _high_water(process: Any, info: Any) -> int:
+        peak = getattr(info, "peak_wset", 0)
+        try:
+            with open(f"/proc/{process.pid}/status", encoding="ascii") as handle:
+                for line in handle:
+                    if line.startswith("VmHWM:"):
+                        return max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError):
+            pass
+        return peak
+
+    def sample(self) -> int:
+        """Take one sample now; return the peak so far in bytes."""
+        import psutil
+
+        total, high_water = 0, 0
+        for child in self._me.children(recursive=True):
+            try:
+                info = child.memory_info()
+                total += info.rss
+                high_water = max(high_water, self._high_water(child, info))
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue  # it ended between the listing and the reading
+        self.peak_bytes = max(self.peak_bytes, total, high_water)
+        return self.peak_bytes
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+
+def dead_kernel_hint(peak_bytes: int, notebook: str) -> str:
+    """What to tell a reader whose kernel died: almost always the kernel ran out of memory and the system's
+    out-of-memory killer ended it with SIGKILL, which leaves no Python traceback behind."""
+    import psutil
+
+    total = psutil.virtual_memory().total
+    return (
+        f"The kernel was killed, most often by the system when memory runs out: it had reached "
+        f"{format_memory(peak_bytes / 1e6)} of this machine's {format_memory(total / 1e6)}. Fix: close other "
+        f"programs and rerun, or run it at smoke size (python -m utils.course run --smoke --only {notebook[:2]}); "
+        "see TROUBLESHOOTING.md, 'The kernel appears to have died'."
+    )
+
+
 def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> NotebookResult:
     """Execute one notebook headless with papermill into `run_dir`; never raises for a notebook failure."""
     import nbformat
@@ -228,7 +311,7 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
     env = {**HEADLESS_ENV, SMOKE_ENV: "1" if smoke else "0", RECORD_FILE_ENV: str(record_file)}
     start = time.perf_counter()
     error = None
-    with _environment(env):
+    with _environment(env), PeakMemory() as memory:
         try:
             papermill.execute_notebook(
                 str(source), str(executed), kernel_name="python3", cwd=str(source.parent),
@@ -237,6 +320,8 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
         except Exception as err:  # noqa: BLE001 - any failure of one notebook is reported, the run goes on
             error = _describe_failure(err)
     wall = time.perf_counter() - start
+    if error and error["ename"] == "DeadKernelError":
+        error["hint"] = dead_kernel_hint(memory.peak_bytes, source.name)
     figures: list[Path] = []
     if executed.exists():
         figures = extract_figures(nbformat.read(executed, as_version=4), run_dir / "figures", source.stem)
@@ -245,18 +330,37 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
         notebook=source.name,
         status="failed" if error else "passed",
         wall_s=round(wall, 1),
+        peak_rss_mb=round(memory.peak_bytes / 1e6, 1) if memory.peak_bytes else None,
         metrics=metrics,
         figures=[str(path.relative_to(run_dir)) for path in figures],
         error=error,
     )
 
 
-def write_report(results: list[NotebookResult], run_dir: Path, smoke: bool, machine: dict[str, Any]) -> None:
-    """Write `summary.json` and a one-page `index.html` with every notebook's status, metrics and figures."""
+def format_memory(megabytes: float | None) -> str:
+    """'850 MB' or '1.2 GB' (decimal units); '-' when not measured."""
+    if not megabytes:
+        return "-"
+    return f"{megabytes:.0f} MB" if megabytes < 1000 else f"{megabytes / 1000:.1f} GB"
+
+
+def write_report(
+    results: list[NotebookResult],
+    run_dir: Path,
+    smoke: bool,
+    machine: dict[str, Any],
+    matmul: dict[str, float] | None = None,
+) -> None:
+    """Write `summary.json` and a one-page `index.html` with every notebook's status, wall time, peak memory,
+    metrics and figures; `matmul` is the machine's measured matrix-multiply throughput, when measured."""
     summary = {
         "run": run_dir.name,
         "mode": "smoke" if smoke else "default",
         "machine": machine,
+        "matmul": matmul,
+        # Other programs running at the same time slow every notebook down: how busy the machine was (the 1, 5 and
+        # 15-minute load averages when the run ended; a 2-core machine is saturated at 2).
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "passed": sum(r.status == "passed" for r in results),
         "failed": sum(r.status == "failed" for r in results),
         "notebooks": [asdict(r) for r in results],
@@ -272,20 +376,25 @@ def write_report(results: list[NotebookResult], run_dir: Path, smoke: bool, mach
         if r.error:
             where = f"cell {r.error['cell_index']}: " if r.error.get("cell_index") is not None else ""
             problem = f"<br><b>{esc(where + r.error['ename'])}</b>: {esc(str(r.error['evalue']))[:500]}"
+            problem += f"<br>{esc(r.error['hint'])}" if r.error.get("hint") else ""
         rows.append(
             f"<tr class='{r.status}'><td><a href='{esc(r.notebook)}'>{esc(r.notebook)}</a></td>"
-            f"<td>{r.status}{problem}</td><td>{r.wall_s:.1f}</td><td>{metrics}</td></tr>"
+            f"<td>{r.status}{problem}</td><td>{r.wall_s:.1f}</td><td>{format_memory(r.peak_rss_mb)}</td>"
+            f"<td>{metrics}</td></tr>"
         )
         images = "".join(f"<img src='{esc(f)}' alt='{esc(f)}'>" for f in r.figures)
         sections.append(f"<h2>{esc(r.notebook)}</h2><div class='figs'>{images or '<p>No figures.</p>'}</div>")
     facts = ", ".join(f"{esc(k)}: {esc(str(v))}" for k, v in machine.items())
+    if matmul:
+        facts += f", fp32 matmul {matmul['size']}x{matmul['size']}: {matmul['gflops']:.0f} GFLOP/s"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Course run {esc(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}tr.failed{{background:#fdd}}
 tr.passed td:nth-child(2){{color:#070}}.figs img{{max-width:48%;margin:4px;border:1px solid #eee}}</style>
 </head><body><h1>Course run {esc(run_dir.name)} ({summary["mode"]} size)</h1>
 <p>{summary["passed"]} passed, {summary["failed"]} failed.</p><p><small>{facts}</small></p>
-<table><tr><th>notebook</th><th>status</th><th>wall s</th><th>recorded results</th></tr>{"".join(rows)}</table>
+<table><tr><th>notebook</th><th>status</th><th>wall s</th><th>peak memory (kernel)</th><th>recorded results</th></tr>
+{"".join(rows)}</table>
 {"".join(sections)}</body></html>"""
     (run_dir / "index.html").write_text(page)
 
@@ -301,7 +410,7 @@ def run_course(
     """Run the selected notebooks in order and write the report; return 0 if all passed, else 1."""
     import nbformat
 
-    from utils.machine import describe_machine
+    from utils.machine import describe_machine, measure_matmul_throughput
 
     if update_notebooks and smoke:
         raise SystemExit("--update-notebooks writes default-size outputs; drop --smoke to use it")
@@ -310,16 +419,20 @@ def run_course(
     run_dir = runs_dir / stamp
     run_dir.mkdir(parents=True, exist_ok=False)
     print(f"Running {len(notebooks)} notebook(s) at {'smoke' if smoke else 'default'} size into {run_dir}")
+    # Measured before the notebooks, on an idle kernel-free runner: the yardstick `make doctor` scales times by.
+    matmul = None if smoke else measure_matmul_throughput(REFERENCE_MATMUL_SIZE, min_run_time=1.0)
     results = []
     for i, source in enumerate(notebooks, 1):
         result = run_notebook(source, run_dir, smoke, timeout_s)
         results.append(result)
         detail = f" - {result.error['ename']}: {str(result.error['evalue'])[:200]}" if result.error else ""
-        print(f"[{i}/{len(notebooks)}] {source.name}: {result.status} in {result.wall_s:.1f} s{detail}", flush=True)
+        detail += f"\n    {result.error['hint']}" if result.error and result.error.get("hint") else ""
+        took = f"{result.wall_s:.1f} s, peak memory {format_memory(result.peak_rss_mb)}"
+        print(f"[{i}/{len(notebooks)}] {source.name}: {result.status} in {took}{detail}", flush=True)
         if update_notebooks and result.status == "passed":
             executed = nbformat.read(run_dir / source.name, as_version=4)
             nbformat.write(nbformat.from_dict(clean_for_commit(executed)), source)
-    write_report(results, run_dir, smoke, describe_machine())
+    write_report(results, run_dir, smoke, describe_machine(), matmul)
     failed = [r.notebook for r in results if r.status == "failed"]
     print(f"Report: {run_dir / 'index.html'}" + (f"\nFAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0

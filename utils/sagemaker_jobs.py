@@ -9,7 +9,9 @@ Two modes, one code path. `connect()` looks for AWS credentials:
 - **offline** (no credentials: a learner's laptop, CI): `moto`'s in-process AWS emulator answers instead. botocore
   still validates every request against SageMaker's published API model before "sending" it, so a wrong field name,
   type or missing parameter fails exactly as it would against AWS; moto does not check enumerations or name
-  patterns, so this module checks instance types, job names and limits against the same API model itself. Nothing
+  patterns, so this module checks every value its helpers send (instance types, names, channel names, S3 URIs,
+  counts and time limits, hyperparameters) against the same API model itself, before any request: a value AWS would
+  reject raises `InvalidRequest` naming the argument and the rule it breaks, also live. Nothing
   runs in offline mode: a job's emulated status is not a trained model (notebook 08 runs the job locally with
   `utils.sagemaker_local` for that).
 
@@ -20,6 +22,7 @@ snapshot them. Depends on `utils.train_settings` (the metric regexes of the trai
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import os
 import re
@@ -59,7 +62,9 @@ def _set_environment(values: dict[str, str | None]) -> dict[str, str | None]:
     return previous
 
 
+@functools.cache
 def _api_model():
+    """SageMaker's service model from the installed botocore, parsed once (about 1 s: the JSON is several MB)."""
     return botocore.session.get_session().get_service_model("sagemaker")
 
 
@@ -73,20 +78,84 @@ def instance_types(kind: str = "training") -> list[str]:
 def validate_instance_type(name: str, kind: str = "training") -> str:
     """`name` if SageMaker accepts it for `kind`, else ValueError naming the closest valid types."""
     valid = instance_types(kind)
+    if not isinstance(name, str):
+        raise InvalidRequest(f"instance type is required: a SageMaker {kind} instance type such as ml.g5.xlarge, got "
+                             f"{name!r}")  # fmt: skip
     if name not in valid:
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else " (SageMaker names look like ml.g5.xlarge)"
-        raise ValueError(f"{name!r} is not a SageMaker {kind} instance type{hint}")
+        raise InvalidRequest(f"{name!r} is not a SageMaker {kind} instance type{hint}")
     return name
 
 
 def validate_job_name(name: str) -> str:
     """`name` if it fits SageMaker's TrainingJobName pattern (1-63 letters, digits and single hyphens inside), else
     ValueError. The SDK appends a 15-character timestamp to base job names, so keep those to 47 characters."""
-    shape = _api_model().shape_for("TrainingJobName").metadata
-    if not (shape["min"] <= len(name) <= shape["max"]) or not re.fullmatch(shape["pattern"], name):
-        raise ValueError(f"job name {name!r}: use 1-63 letters, digits and hyphens, starting with a letter or digit")
-    return name
+    try:
+        return _check_text("job name", name, "TrainingJobName")
+    except InvalidRequest:
+        raise InvalidRequest(f"job name {name!r}: use 1-63 letters, digits and hyphens, starting with a letter or "
+                             "digit (SageMaker's TrainingJobName)") from None
+
+
+class InvalidRequest(ValueError):
+    """A value SageMaker would reject, caught before any request is sent; the message names the argument, the API
+    field and the rule (taken from botocore's SageMaker service model where it has one)."""
+
+
+def _check_number(argument: str, value: Any, shape: str, low: int | None = None) -> int:
+    """`value` if it is an int (not a bool) that SageMaker's `shape` accepts (and at least `low`, a course rule
+    stricter than the API's), else InvalidRequest naming `argument`, the shape and its range."""
+    meta = _api_model().shape_for(shape).metadata
+    low = max(meta.get("min", 0), low if low is not None else meta.get("min", 0))
+    high = meta.get("max")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        allowed = f"within [{low}, {high}]" if high is not None else f"of at least {low}"
+        raise InvalidRequest(f"{argument} must be a whole number {allowed} (SageMaker's {shape}), got {value!r}")
+    return value
+
+
+def _check_text(argument: str, value: Any, shape: str) -> str:
+    """`value` if it is a string that fits SageMaker's `shape` (length and pattern), else InvalidRequest naming
+    `argument`, the shape and its rule."""
+    meta = _api_model().shape_for(shape).metadata
+    if not isinstance(value, str) or not meta.get("min", 0) <= len(value) <= meta.get("max", len(value)) or (
+        "pattern" in meta and not re.fullmatch(meta["pattern"], value)
+    ):  # fmt: skip
+        length = f"{meta.get('min', 0)}-{meta['max']} characters" if "max" in meta else "text"
+        raise InvalidRequest(f"{argument} must be {length} matching {meta.get('pattern', '.*')} (SageMaker's "
+                             f"{shape}), got {value!r}")  # fmt: skip
+    return value
+
+
+def _check_s3_uri(argument: str, value: Any, hint: str) -> str:
+    """`value` if it is an s3:// URI SageMaker accepts (S3Uri: at most 1,024 characters), else InvalidRequest; `hint`
+    says where a right one comes from. SageMaker reads channels and syncs checkpoints only with S3, so a local path
+    (which it cannot see) or an https:// URL is refused."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{argument} is required: an s3://bucket/prefix URI, got {value!r}; {hint}")
+    if not value.startswith("s3://") or len(value) <= len("s3://"):
+        raise InvalidRequest(f"{argument} must be an s3://bucket/prefix URI, got {value!r}: the job runs on AWS and "
+                             f"cannot see this machine's files; {hint}")  # fmt: skip
+    return _check_text(argument, value, "S3Uri")
+
+
+def _check_hyperparameters(hyperparameters: Any) -> dict[str, Any]:
+    """`hyperparameters` if SageMaker accepts them as a job's HyperParameters (at most 100; keys of at most 256
+    characters, values of at most 2,500 once written as text), else InvalidRequest. None values are refused: the
+    training program would receive the text "None"."""
+    if not isinstance(hyperparameters, dict):
+        raise InvalidRequest(f"hyperparameters must be a dict of flag name to value, got {hyperparameters!r}")
+    limit = _api_model().shape_for("HyperParameters").metadata["max"]
+    if len(hyperparameters) > limit:
+        raise InvalidRequest(f"{len(hyperparameters)} hyperparameters: SageMaker's HyperParameters holds at most "
+                             f"{limit}")  # fmt: skip
+    for key, value in hyperparameters.items():
+        _check_text("hyperparameter name", key, "HyperParameterKey")
+        if value is None:
+            raise InvalidRequest(f"hyperparameter {key!r} is None: give it a value, or leave it out for the default")
+        _check_text(f"hyperparameter {key!r}", str(value), "HyperParameterValue")
+    return hyperparameters
 
 
 def container_image(instance_type: str, region: str = DEFAULT_REGION, scope: str = "training") -> str:
@@ -153,12 +222,37 @@ class Connection:
 _active_offline: Connection | None = None  # one emulator at a time: connecting again closes the previous one
 
 
+EC2_MARKERS = (("/sys/devices/virtual/dmi/id/sys_vendor", "Amazon EC2"), ("/sys/hypervisor/uuid", "ec2"))
+
+
+def on_ec2() -> bool:
+    """Whether this machine says it is an EC2 instance (SageMaker notebook instances are), read from local files as
+    AWS's "Identify EC2 Linux instances" guide describes: the DMI system vendor "Amazon EC2" (Nitro and bare metal)
+    or a Xen hypervisor UUID starting with "ec2". False elsewhere, and on Windows and macOS (no such files)."""
+    for path, prefix in EC2_MARKERS:
+        try:
+            if Path(path).read_text(errors="replace").strip().startswith(prefix):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def has_aws_credentials() -> bool:
-    """True when boto3 finds credentials (environment, ~/.aws, SSO, instance role): that is live mode. The last
-    step of boto3's search asks the EC2 instance metadata address; where the network refuses that (a sandbox, a
-    test run), there are no credentials."""
+    """True when boto3's credential chain finds credentials (environment, ~/.aws profiles, SSO, credential process,
+    a container role as on SageMaker Studio or ECS): that is live mode.
+
+    The chain's last step asks the EC2 instance metadata address (169.254.169.254) for an instance role. Off EC2 no
+    one answers there, and where the network drops the packets (many laptops) boto3 waits for its timeouts: 2.0 s
+    per check, measured with a local socket that never answers standing in for the address. So that step runs only
+    when `on_ec2()` says this is an instance, where the address answers in milliseconds; elsewhere the check takes
+    about 20 ms. (On an EC2 instance running Windows or macOS, pass `offline=False` to `connect` to use its role.)"""
+    session = botocore.session.get_session()
+    resolver = session.get_component("credential_provider")
+    if not on_ec2():
+        resolver.remove("iam-role")
     try:
-        return boto3.Session().get_credentials() is not None
+        return resolver.load_credentials() is not None
     except botocore.exceptions.BotoCoreError:
         return False
 
@@ -221,7 +315,9 @@ def offline_sagemaker(region: str = DEFAULT_REGION) -> Iterator[Connection]:
 
 def upload_channel(connection: Connection, folder: str | Path, prefix: str) -> str:
     """Upload a local folder to the session's default bucket under `prefix`; returns its s3:// URI (a channel)."""
-    if not Path(folder).is_dir():
+    if not isinstance(prefix, str) or not prefix.strip("/"):
+        raise InvalidRequest(f"prefix must name the folder in the bucket (like 'course/shards'), got {prefix!r}")
+    if not isinstance(folder, (str, Path)) or not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder} is not a folder: write the training data first")
     return connection.session.upload_data(str(folder), key_prefix=prefix)
 
@@ -232,10 +328,13 @@ def spot_stopping_condition(max_run_seconds: int, max_wait_seconds: int | None =
     the run time. Default wait: twice the run time."""
     from sagemaker.core.training.configs import StoppingCondition
 
-    max_wait_seconds = max_wait_seconds or 2 * max_run_seconds
+    _check_number("max_run_seconds", max_run_seconds, "MaxRuntimeInSeconds")
+    if max_wait_seconds is None:
+        max_wait_seconds = 2 * max_run_seconds
+    _check_number("max_wait_seconds", max_wait_seconds, "MaxWaitTimeInSeconds")
     if max_wait_seconds < max_run_seconds:
-        raise ValueError(f"max wait ({max_wait_seconds} s) must be at least max run ({max_run_seconds} s): it counts "
-                         "the run itself plus time waiting for spot capacity")  # fmt: skip
+        raise InvalidRequest(f"max wait ({max_wait_seconds} s) must be at least max run ({max_run_seconds} s): it "
+                             "counts the run itself plus time waiting for spot capacity")  # fmt: skip
     return StoppingCondition(max_runtime_in_seconds=max_run_seconds, max_wait_time_in_seconds=max_wait_seconds)
 
 
@@ -260,13 +359,16 @@ def gpt_trainer(
     """A ModelTrainer for the course's training program (`train.py` in `source_dir`, staged by
     `utils.sagemaker_local.stage_source`) under torchrun: `instance_count` hosts x `processes_per_host` ranks (default:
     one per GPU), metrics scraped from its `key=value;` lines, checkpoints synced between /opt/ml/checkpoints and S3
-    (needed for spot: a restarted job resumes from them). Everything is checked before any request: instance type,
-    job name, spot wait >= run, warm pool length and that warm pools are not combined with spot (SageMaker refuses
-    that combination). `image` defaults to the PyTorch DLC for the instance; `install_requirements` makes the
-    container pip-install requirements-container.txt first (not needed with the course image from
-    container/Dockerfile). `health_check` asks SageMaker to test the instances' hardware and the network between
-    them before training (InfraCheckConfig; default: on for multi-instance jobs); `retries` restarts a job that
-    fails with an internal error up to that many times (RetryStrategy, 1-30), resuming from its checkpoints."""
+    (needed for spot: a restarted job resumes from them). Everything is checked before any request, against SageMaker's
+    API model where it states the rule (InvalidRequest names the argument and the rule): instance type, job name,
+    instance count, processes per host, run and spot wait times (wait >= run, and only with spot), warm pool length
+    and that warm pools are not combined with spot (SageMaker refuses that combination), retries, an s3://
+    checkpoint URI, and the hyperparameters (no None values, SageMaker's sizes). `image` defaults to the PyTorch DLC for
+    the instance; `install_requirements` makes the container pip-install requirements-container.txt first (not needed
+    with the course image from container/Dockerfile). `health_check` asks SageMaker to test the instances' hardware and
+    the network between them before training (InfraCheckConfig; default: on for multi-instance jobs); `retries` restarts
+    a job that fails with an internal error up to that many times (RetryStrategy, 1-30), resuming from its
+    checkpoints."""
     from sagemaker.core.shapes import InfraCheckConfig, RetryStrategy
     from sagemaker.core.training.configs import CheckpointConfig, Compute, SourceCode, StoppingCondition
     from sagemaker.train import ModelTrainer
@@ -275,17 +377,30 @@ def gpt_trainer(
     validate_instance_type(instance_type)
     validate_job_name(base_job_name)
     if len(base_job_name) > 47:
-        raise ValueError(f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character suffix")
-    if instance_count < 1:
-        raise ValueError(f"instance_count must be at least 1, got {instance_count}")
-    retry_limits = _api_model().shape_for("MaximumRetryAttempts").metadata
-    if retries and not retry_limits["min"] <= retries <= retry_limits["max"]:
-        raise ValueError(f"retries must be 0 (none) or {retry_limits['min']}..{retry_limits['max']}, got {retries}")
-    keep_alive_max = _api_model().shape_for("KeepAlivePeriodInSeconds").metadata["max"]
-    if not 0 <= warm_pool_seconds <= keep_alive_max:
-        raise ValueError(f"warm_pool_seconds must be 0..{keep_alive_max}, got {warm_pool_seconds}")
+        raise InvalidRequest(f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character "
+                             "suffix")  # fmt: skip
+    _check_hyperparameters(hyperparameters)
+    _check_number("instance_count", instance_count, "TrainingInstanceCount", low=1)
+    if processes_per_host is not None and (
+        isinstance(processes_per_host, bool) or not isinstance(processes_per_host, int) or processes_per_host < 1
+    ):  # fmt: skip
+        raise InvalidRequest(f"processes_per_host must be a whole number of at least 1 (torchrun's --nproc-per-node), "
+                             f"or None for one per GPU; got {processes_per_host!r}")  # fmt: skip
+    _check_number("max_run_seconds", max_run_seconds, "MaxRuntimeInSeconds")
+    if max_wait_seconds is not None and not spot:
+        raise InvalidRequest("max_wait_seconds bounds the wait for spot capacity (MaxWaitTimeInSeconds) and applies "
+                             "only with spot=True; drop it or set spot=True")  # fmt: skip
+    if retries != 0:
+        _check_number("retries", retries, "MaximumRetryAttempts")
+    _check_number("warm_pool_seconds", warm_pool_seconds, "KeepAlivePeriodInSeconds")
     if spot and warm_pool_seconds:
-        raise ValueError("SageMaker warm pools cannot be used with spot instances: choose spot or warm_pool_seconds")
+        raise InvalidRequest("SageMaker warm pools cannot be used with spot instances: choose spot or "
+                             "warm_pool_seconds")  # fmt: skip
+    if checkpoint_s3_uri is not None:
+        _check_s3_uri("checkpoint_s3_uri", checkpoint_s3_uri, "SageMaker syncs /opt/ml/checkpoints with S3 only")
+    if not isinstance(source_dir, (str, Path)):
+        raise InvalidRequest(f"source_dir is required: the folder utils.sagemaker_local.stage_source made, got "
+                             f"{source_dir!r}")  # fmt: skip
     if not (Path(source_dir) / "train.py").is_file():
         raise FileNotFoundError(f"{source_dir}/train.py not found: stage it with utils.sagemaker_local.stage_source")
     requirements = "requirements-container.txt" if install_requirements else None
@@ -327,6 +442,8 @@ def driver_command(trainer: Any, host_count: int | None = None) -> list[str]:
     receives without starting a job."""
     from sagemaker.train.container_drivers.distributed_drivers import torchrun_driver
 
+    if host_count is not None:
+        _check_number("host_count", host_count, "TrainingInstanceCount", low=1)
     host_count = host_count or trainer.compute.instance_count
     process_count = trainer.distributed.process_count_per_node if trainer.distributed else 1
     container_env = {"SM_ENTRY_SCRIPT": trainer.source_code.entry_script, "SM_HPS": json.dumps(trainer.hyperparameters),
@@ -345,8 +462,8 @@ def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wa
     `wait=True` it streams the job's logs until it ends."""
     from sagemaker.core.training.configs import InputData
 
-    if not data_s3_uri.startswith("s3://"):
-        raise ValueError(f"the data channel must be an s3:// URI (upload_channel makes one), got {data_s3_uri!r}")
+    _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
+    _check_text("channel", channel, "ChannelName")
     trainer.train(input_data_config=[InputData(channel_name=channel, data_source=data_s3_uri)], wait=wait, logs=wait)
     return trainer._latest_training_job
 
@@ -375,14 +492,16 @@ def gpt_tuner(
     from sagemaker.core.shapes import HyperbandStrategyConfig, HyperParameterTuningJobStrategyConfig
     from sagemaker.train.tuner import HyperparameterTuner
 
+    _check_number("max_jobs", max_jobs, "MaxNumberOfTrainingJobs")
+    _check_number("max_parallel_jobs", max_parallel_jobs, "MaxParallelTrainingJobs")
     metrics = [d["Name"] for d in METRIC_DEFINITIONS]
     if objective not in metrics:
-        raise ValueError(f"objective {objective!r} is not a metric the program logs: one of {', '.join(metrics)}")
+        raise InvalidRequest(f"objective {objective!r} is not a metric the program logs: one of {', '.join(metrics)}")
     strategies = list(_api_model().shape_for("HyperParameterTuningJobStrategyType").enum)
     if strategy not in strategies:
-        raise ValueError(f"strategy {strategy!r}: SageMaker offers {', '.join(strategies)}")
+        raise InvalidRequest(f"strategy {strategy!r}: SageMaker offers {', '.join(strategies)}")
     if strategy == "Hyperband" and (early_stopping or not max_resource or max_resource < 1):
-        raise ValueError("Hyperband stops trials itself: pass max_resource (objective values in a full trial), "
+        raise InvalidRequest("Hyperband stops trials itself: pass max_resource (objective values in a full trial), "
                          "and leave early_stopping off")  # fmt: skip
     if ranges is None:
         parameters = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"),
@@ -397,7 +516,7 @@ def gpt_tuner(
         parameters |= {r["Name"]: CategoricalParameter(list(r["Values"]))
                        for r in ranges.get("CategoricalParameterRanges", [])}  # fmt: skip
         if not parameters:
-            raise ValueError("ranges has no parameter: give at least one Continuous, Integer or Categorical range")
+            raise InvalidRequest("ranges has no parameter: give at least one Continuous, Integer or Categorical range")
     options: dict[str, Any] = {}
     if strategy == "Hyperband":
         config = HyperbandStrategyConfig(min_resource=1, max_resource=max_resource)
@@ -411,16 +530,19 @@ def gpt_tuner(
 
 
 def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training", validation_s3_uri: str | None = None) -> Any:
-    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. `validation_s3_uri`
-    adds the `validation` channel, which the program reads as SM_CHANNEL_VALIDATION for its validation loss (the
-    objective `validation:loss` needs it)."""
+    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. The data must be in
+    S3 already (a local path would not reach the trials). `validation_s3_uri` adds the `validation` channel, which
+    the program reads as SM_CHANNEL_VALIDATION for its validation loss (the objective `validation:loss` needs it)."""
     from sagemaker.core.training.configs import InputData
 
+    _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
+    _check_text("channel", channel, "ChannelName")
     inputs = [InputData(channel_name=channel, data_source=data_s3_uri)]
     if validation_s3_uri is not None:
+        _check_s3_uri("validation_s3_uri", validation_s3_uri, "upload the held-out shards with upload_channel")
         inputs.append(InputData(channel_name="validation", data_source=validation_s3_uri))
-    if tuner.objective_metric_name == "validation:loss" and validation_s3_uri is None:
-        raise ValueError("the objective validation:loss needs held-out data: pass validation_s3_uri")
+    elif tuner.objective_metric_name == "validation:loss":
+        raise InvalidRequest("the objective validation:loss needs held-out data: pass validation_s3_uri")
     tuner.tune(inputs=inputs, wait=False)
     return tuner
 
@@ -436,6 +558,7 @@ def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters
     from sagemaker.mlops.workflow.steps import TrainingStep
 
     validate_job_name(name)
+    _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
     pipeline_session = PipelineSession(boto_session=connection.session.boto_session)
     default_type = trainer_options.pop("instance_type", "ml.g5.xlarge")
     instance_type = ParameterString(name="TrainingInstanceType", default_value=default_type)

@@ -12,18 +12,19 @@ linear warm-up + cosine schedule) with one difference: the cosine ends at `--min
 (transformers' `get_cosine_with_min_lr_schedule_with_warmup_lr_rate`, whose warm-up starts at 1/warmup of the peak, so
 no step runs at learning rate 0), so a run resumed with more steps still learns. `train()` reads top to bottom:
 
-    run = build(settings)        ranks, data (refused if too small), model, optimizer, schedule, checkpoint folder
+    run = build(settings)        data (checked; refused if damaged or too small), ranks, model, optimizer, schedule,
+                                 checkpoint folder
     restore(run)                 the newest valid checkpoint of this run, or a fresh start
     while run.step < steps:      train_step (micro-steps, gradient norm, non-finite guard, optimizer), report,
                                  evaluate every --eval-every steps, checkpoint every --checkpoint-every steps,
                                  stop (after a checkpoint) when any rank got SIGTERM
     finish(run)                  last checkpoint, `save_pretrained` model for transformers
 
-Exit codes: 0 done; 2 refused before training (a setting, data too small for one batch, a checkpoint folder that is
-not writable or too full, a checkpoint of another run); 3 pre-flight failed; 4 non-finite loss or gradient (nothing
-of that state is saved); 5 a collective timed out (the message names the ranks that stopped reporting); 143 stopped by
-SIGTERM after writing a checkpoint. CONTRIBUTING's table "what the training program promises" names the test that
-holds each of these.
+Exit codes: 0 done; 2 refused before training (a setting, data that fails its checks or is too small for one batch,
+a checkpoint folder that is not writable or too full, a checkpoint of another run); 3 pre-flight failed; 4 non-finite
+loss or gradient (nothing of that state is saved); 5 a collective timed out (the message names the ranks that stopped
+reporting); 143 stopped by SIGTERM after writing a checkpoint. CONTRIBUTING's table "what the training program
+promises" names the test that holds each of these.
 
 Checkpoints: `<checkpoint-dir>/step-NNNNNNN/` holds `state.pt` (model + optimizer, gathered on rank 0; one process
 and DDP) or `sharded/` (FSDP: `torch.distributed.checkpoint`, each rank writes and reads its own shard), one
@@ -68,11 +69,13 @@ from utils.loaders import (
     INDEX_FILE,
     PackedBlocks,
     ResumableDistributedSampler,
+    ShardError,
     causal_lm_batch,
     image_batch,
     read_image_arrays,
     sha256_file,
     training_data_dir,
+    verify_shards,
 )
 from utils.machine import has_fast_cpu_bf16, measure_matmul_throughput
 from utils.models import small_gpt, small_vit
@@ -141,6 +144,7 @@ class Run:
     hardware_flops_per_token: float  # what the hardware runs: more with activation checkpointing (recomputation)
     peak_flops: float
     peak_note: str
+    data_note: str  # what was checked of the data before training
     tokens_per_step: int
     checkpoints: Path
     output: Path
@@ -289,10 +293,37 @@ def data_fingerprint(folder: Path) -> str:
 
 
 def open_data(folder: Path, settings: TrainSettings, augment: bool) -> tuple[Any, Callable[[list[Any]], Any]]:
-    """The dataset in `folder` and its collate function: packed token blocks for the GPT, images for the ViT."""
+    """The dataset in `folder` and its collate function: packed token blocks for the GPT (opening runs the fast
+    checks of `loaders.read_index`: index, dtype, vocabulary, sizes; a failure is refused with its fix), images for
+    the ViT."""
     if settings.model == "gpt":
-        return PackedBlocks(folder), causal_lm_batch
+        try:
+            return PackedBlocks(folder), causal_lm_batch
+        except ShardError as error:
+            raise Stop(EXIT_BAD_INPUT, str(error)) from None
     return read_image_arrays(folder, augment=augment, seed=settings.seed), image_batch
+
+
+def verify_data(settings: TrainSettings, folders: Sequence[Path], world: int) -> str:
+    """The full check of every shard before training (`loaders.verify_shards`: each file's SHA-256 against the index
+    and every token id against the vocabulary), run by local rank 0 of each host, whose ranks read the same files,
+    while the host's other ranks wait; then every rank refuses if any host found a problem, so no rank trains on data
+    another one refused. The check must end within --collective-timeout (it reads about 0.4 GB/s on 2 busy CPU
+    cores, benchmarks/shard_verification.py); for data far larger, check once after copying and pass
+    --verify-data false. Returns the line `announce` prints about the data check."""
+    if not settings.verify_data or settings.model != "gpt":
+        return "data: fast checks only (index, dtype, vocabulary, sizes); --verify-data true checks every byte"
+    start, problem = time.perf_counter(), None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        try:
+            for folder in folders:
+                verify_shards(folder)
+        except (ShardError, OSError) as error:
+            problem = f"{error} (found by rank {os.environ.get('RANK', '0')}'s full check of the data)"
+    if found := [p for p in gather(problem, world) if p]:  # the barrier: every rank waits here for the check
+        raise Stop(EXIT_BAD_INPUT, found[0])
+    took = time.perf_counter() - start
+    return f"data: every shard's SHA-256 and token ids checked in {took:.2f} s (--verify-data false skips it)"
 
 
 def check_enough_data(count: int, batch_size: int, world: int, what: str, folder: Path) -> None:
@@ -333,12 +364,14 @@ def build(settings: TrainSettings, callbacks: Sequence[Callbacks] = ()) -> Run:
     folder = training_data_dir(explicit=settings.data)  # the data is checked on every rank before the rendezvous,
     dataset, collate = open_data(folder, settings, augment=True)  # so a rank that refuses never waits for the others
     check_enough_data(len(dataset), settings.batch_size, world, "the training data", folder)
-    validation = None
+    validation, folders = None, [folder]
     if settings.validation_data:
-        validation, _ = open_data(Path(settings.validation_data), settings, augment=False)
-        check_enough_data(len(validation), 1, world, "the validation data", Path(settings.validation_data))
+        folders.append(Path(settings.validation_data))
+        validation, _ = open_data(folders[-1], settings, augment=False)
+        check_enough_data(len(validation), 1, world, "the validation data", folders[-1])
     build_model, vocab, context = model_factory(settings, dataset, validation)
     rank, world, device, store = setup_distributed(settings.collective_timeout)
+    data_note = verify_data(settings, folders, world)
     dtype, precision_note = choose_precision(settings.precision, device)
     torch.manual_seed(settings.seed)
     model = build_model().to(device)
@@ -390,6 +423,7 @@ def build(settings: TrainSettings, callbacks: Sequence[Callbacks] = ()) -> Run:
         hardware_flops_per_token=training_flops_per_token(shape, context, settings.activation_checkpointing),
         peak_flops=peak,
         peak_note=peak_note,
+        data_note=data_note,
         tokens_per_step=settings.batch_size * settings.grad_accum * context * world,
         checkpoints=Path(settings.checkpoint_dir),
         output=Path(settings.output),
@@ -920,6 +954,7 @@ def announce(run: Run) -> None:
         resumed = f"resumed from step {run.resumed_from}" if run.resumed_from else "fresh start"
         s = run.settings
         print(f"training: {run.world} rank(s) on {run.device}, {s.strategy}, {run.precision_note}; {resumed}")
+        print(run.data_note)
         print(
             f"MFU divides model FLOPs ({run.flops_per_token:.3g} per token: utils.sizing.training_flops_per_token, "
             f"output projection included) by {run.peak_flops / 1e9:,.0f} GFLOP/s per rank ({run.peak_note})",

@@ -85,6 +85,11 @@ class TrainSettings:
     activation_checkpointing: bool = _setting(False, "recompute each block's activations in the backward pass")
     compile: bool = _setting(False, "torch.compile the model")
     workers: int = _setting(0, "DataLoader worker processes per rank (0: read in the training process)")
+    verify_data: bool = _setting(
+        True,
+        "before training, check every shard's SHA-256 and token ids (utils.loaders.verify_shards, about 2.5 s/GB, on "
+        "local rank 0 of each host); false: only the fast checks (index, dtype, vocabulary, sizes) every open runs",
+    )
     log_every: int = _setting(10, "steps between metric lines")
     eval_every: int = _setting(50, "steps between validation losses (also at the end; 0: only at the end)")
     eval_batches: int = _setting(8, "batches of --batch-size blocks per rank in each validation")
