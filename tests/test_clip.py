@@ -11,14 +11,19 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from utils.clip import (
     CAPTION_TEMPLATES,
     DIGIT_WORDS,
+    PRINTED_FONTS,
     FineTunedClassifier,
     caption_tokenizer,
     clip_batch,
     contrastive_loss,
     digit_caption,
     digits_to_pixels,
+    fine_tune,
     image_features,
+    printed_digit,
+    printed_digits,
     small_clip,
+    zero_shot_accuracy,
     zero_shot_classifier,
 )
 
@@ -72,3 +77,36 @@ def test_small_clip_trains_on_digit_batches():
     torch.testing.assert_close(weights.norm(dim=-1), torch.ones(10))
     logits = FineTunedClassifier(clip)(pixels, torch.tensor(labels))
     assert logits.logits.shape == (20, 10) and logits.loss.item() > 0
+
+
+def test_printed_digits_match_the_uci_format_and_differ_by_font():
+    images, labels = printed_digits(2, seed=0, fonts=PRINTED_FONTS[:3])
+    assert images.shape == (20, 8, 8) and labels.tolist() == sorted(list(range(10)) * 2)
+    assert images.min() >= 0 and images.max() <= 16 and np.allclose(images, images.round())
+    assert all(image.sum() > 0 for image in images)  # every digit left ink
+    again, _ = printed_digits(2, seed=0, fonts=PRINTED_FONTS[:3])
+    np.testing.assert_array_equal(images, again)
+    sans = printed_digit(7, "DejaVuSans.ttf", np.random.default_rng(1))
+    serif = printed_digit(7, "DejaVuSerif-Bold.ttf", np.random.default_rng(1))  # same rotation, scale, thickness
+    assert not np.array_equal(sans, serif)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="0-9"):
+        printed_digit(10, "DejaVuSans.ttf", rng)
+
+
+def test_zero_shot_accuracy_picks_the_most_similar_class_text():
+    class_text = torch.eye(3)
+    features = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.6, 0.4, 0.0]])
+    assert zero_shot_accuracy(features, class_text, np.array([0, 2, 1])) == pytest.approx(2 / 3)
+
+
+def test_fine_tune_trains_a_copy_and_reports_test_accuracy():
+    torch.manual_seed(0)
+    tok = caption_tokenizer()
+    clip = small_clip(tok, width=32, layers=1, heads=2, projection=16)
+    before = {k: v.clone() for k, v in clip.state_dict().items()}
+    pixels = digits_to_pixels(np.random.default_rng(0).integers(0, 17, (40, 8, 8)))
+    labels = np.arange(40) % 2  # two classes
+    classifier, accuracy = fine_tune(clip, pixels, labels, np.arange(30), np.arange(30, 40), steps=3, batch=8)
+    assert isinstance(classifier, FineTunedClassifier) and 0.0 <= accuracy <= 1.0
+    assert all(torch.equal(before[k], v) for k, v in clip.state_dict().items())  # the original is untouched

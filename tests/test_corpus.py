@@ -123,11 +123,42 @@ def test_scrub_pii_replaces_with_placeholders():
     assert text == "Write to <EMAIL> or <IP_ADDRESS>, <EMAIL>" and counts == {"EMAIL": 2, "IP_ADDRESS": 1}
 
 
-def test_planted_pii_recall():
-    cases = C.planted_pii_cases(seed=1, per_kind=20)
-    positives = [(t, k) for t, k in cases if k]
-    found = sum(k[0] in [kind for kind, _, _ in C.find_pii(t)] for t, k in positives)
-    assert found == len(positives) == 80
+def test_pii_report_scores_caught_partial_missed_and_false_positives():
+    cases = [
+        ("Mail ann@example.org now", [("EMAIL", "ann@example.org")]),
+        ("Call +1 (202) 555-0178 now", [("PHONE", "+1 (202) 555-0178")]),  # found without its country code
+        ("Call 202 555 0143 now", [("PHONE", "202 555 0143")]),  # spaces: no pattern for it
+        ("Version 1.2.3.4 is out", []),  # an IPv4-shaped version number
+    ]
+    report = C.pii_detection_report(cases)
+    assert report["per_kind"]["EMAIL"] == {"true": 1, "caught": 1, "partly": 0, "missed": 0}
+    assert report["per_kind"]["PHONE"] == {"true": 2, "caught": 0, "partly": 1, "missed": 1}
+    assert report["recall"] == pytest.approx(1 / 3)
+    assert report["precision"] == pytest.approx(2 / 3)  # email and partial phone spans are on true values
+    assert report["false_positives"] == [("IP_ADDRESS", "1.2.3.4", "Version 1.2.3.4 is out")]
+    with pytest.raises(C.CorpusError, match="does not occur"):
+        C.pii_detection_report([("no value here", [("EMAIL", "a@b.org")])])
+
+
+def test_pii_test_set_is_labelled_consistently_and_the_regexes_miss_kinds_they_lack():
+    kinds = {kind for _, truths in C.PII_TEST_SET for kind, _ in truths}
+    assert {"EMAIL", "PHONE", "IP_ADDRESS", "CREDIT_CARD"} <= kinds and kinds - set(C.PII_PATTERNS)
+    report = C.pii_detection_report(C.PII_TEST_SET)
+    for kind in kinds - set(C.PII_PATTERNS):  # no pattern, so nothing of that kind can be caught
+        assert report["per_kind"][kind]["caught"] == 0
+    assert 0 < report["recall"] < 1 and 0 < report["precision"] <= 1
+
+
+def test_term_lists_keep_each_axis_separate():
+    seen = [term for terms in C.TERM_LISTS.values() for term in terms]
+    assert len(seen) == len(set(seen)), "a term counted under two axes"
+    assert "moor" in C.TERM_LISTS["ethnicity"] and "moor" not in C.TERM_LISTS["religion"]
+
+
+def test_concordance_shows_each_whole_word_hit_in_context():
+    lines = C.concordance(["The Moor spoke. Moorland is not a hit.", "a moor"], ["moor"], width=4, limit=5)
+    assert lines == ["The [Moor] spo", "  a [moor]"]
+    assert len(C.concordance(["moor " * 10], ["moor"], limit=3)) == 3
 
 
 def test_term_rates():
@@ -199,3 +230,22 @@ def test_build_corpus_reconciles_and_keeps_near_duplicates_in_one_split():
         C.build_corpus(docs + docs[:1], C.gopher_filters(), {"x": 0.8, "y": 0.8})
     with pytest.raises(C.CorpusError, match="no threshold"):
         C.build_corpus(docs, C.gopher_filters(), {"x": 0.8})
+    with pytest.raises(C.CorpusError, match="without a threshold"):
+        C.build_corpus(docs, C.gopher_filters(), {"x": 0.8, "y": 0.8}, remove_near=["z"])
+
+
+def test_build_corpus_can_remove_near_duplicates_and_still_reconciles():
+    base = prose(300, 1)
+    docs = [{"id": "a", "domain": "x", "text": base}, {"id": "b", "domain": "x", "text": base + " extra words"},
+            {"id": "e", "domain": "y", "text": prose(300, 2)}]  # fmt: skip
+    splits, report = C.build_corpus(docs, C.gopher_filters(), {"x": 0.8, "y": 0.8}, remove_near=["x"])
+    kept = sorted(d["id"] for ds in splits.values() for d in ds)
+    assert kept == ["a", "e"] and report["near_duplicates_removed"] == 1 and report["near_duplicate_pairs"] == 0
+
+
+def test_remove_near_duplicates_keeps_the_first_copy_and_does_not_follow_chains():
+    docs = [{"id": i} for i in "abcd"]
+    kept, removed = C.remove_near_duplicates(docs, [("a", "b"), ("b", "c")])
+    assert [d["id"] for d in kept] == ["a", "c", "d"] and removed == [{"id": "b", "duplicate_of": "a"}]
+    kept, removed = C.remove_near_duplicates(docs, [("c", "a"), ("b", "a")])
+    assert [d["id"] for d in kept] == ["a", "d"]

@@ -31,3 +31,13 @@ def test_shapes_of_what_each_family_predicts():
     assert small_gpt(100, 32, 2, 32, 4)(input_ids=ids).logits.shape == (2, 10, 100)
     assert small_bert(100, 32, 2, 32, 4)(input_ids=ids).logits.shape == (2, 10, 100)
     assert small_t5(100, 2, 32, 4)(input_ids=ids, decoder_input_ids=target).logits.shape == (2, 4, 100)
+
+
+def test_dropout_switches_match_between_the_gpt_and_the_bert():
+    gpt, bert = small_gpt(100, 32, 2, 32, 4), small_bert(100, 32, 2, 32, 4, dropout=0.0)
+    assert gpt.config.resid_pdrop == gpt.config.attn_pdrop == 0.0
+    assert bert.config.hidden_dropout_prob == bert.config.attention_probs_dropout_prob == 0.0
+    assert small_bert(100, 32, 2, 32, 4).config.hidden_dropout_prob == 0.1  # BERT's own default
+    ids = torch.randint(3, 100, (2, 10))
+    bert.train()
+    torch.testing.assert_close(bert(input_ids=ids).logits, bert(input_ids=ids).logits)  # no dropout noise

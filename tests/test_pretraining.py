@@ -12,6 +12,7 @@ from utils.pretraining import (
     bits_per_byte,
     causal_lm_loss,
     encode_texts,
+    masked_prediction_report,
     masked_token_rank,
     random_windows,
     train,
@@ -105,3 +106,27 @@ def test_masked_token_rank_counts_better_scored_tokens():
         masked_token_rank(model, tokenizer, "the<mask> is", " question answer")
     with pytest.raises(ValueError, match="exactly one"):
         masked_token_rank(model, tokenizer, "the question", " question")
+
+
+def test_masked_prediction_report_scores_only_labelled_positions():
+    from utils.models import small_bert
+
+    model = small_bert(10, 8, 1, 16, 2, dropout=0.0)
+    with torch.no_grad():
+        model.cls.predictions.decoder.bias.zero_()
+        model.cls.predictions.bias.zero_()
+        model.cls.predictions.bias[4] = 100.0  # token 4 is the top guess everywhere
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    labels = torch.tensor([[-100, 4, -100, 7, -100, 4]])  # three scored positions: 4, 7, 4
+    names = {4: "Ġbe", 5: "ing", 7: ","}  # tokens 4 and 5 are words, 7 is punctuation
+
+    class Tokenizer:
+        def convert_ids_to_tokens(self, ids):
+            return [names.get(i, "\n") for i in ids]
+
+    report = masked_prediction_report(model, [{"input_ids": ids, "labels": labels}], Tokenizer())
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    assert report["word_accuracy"] == 1.0  # targets 4 and 4 are words, both guessed
+    assert report["guesses_that_are_words"] == 1.0  # every guess is token 4, a word
+    with pytest.raises(ValueError, match="nothing was masked"):
+        masked_prediction_report(model, [{"input_ids": ids, "labels": torch.full_like(ids, -100)}], Tokenizer())

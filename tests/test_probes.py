@@ -2,7 +2,13 @@
 
 import numpy as np
 
-from utils.probes import few_shot_curve, few_shot_indices, knn_accuracy, linear_probe_accuracy
+from utils.probes import (
+    few_shot_curve,
+    few_shot_indices,
+    knn_accuracy,
+    linear_probe_accuracy,
+    nearest_neighbour_accuracy,
+)
 
 
 def _separable(n_per_class=30, classes=3, seed=0):
@@ -25,3 +31,15 @@ def test_probes_solve_separable_data():
     assert knn_accuracy(x, y, x + 0.01, y) == 1.0
     curve = few_shot_curve(x, y, x, y, [1, 2], seeds=3)
     assert set(curve) == {1, 2} and all(0.9 <= mean <= 1.0 for mean, _ in curve.values())
+
+
+def test_few_shot_curve_takes_any_scorer():
+    x, y = _separable()
+    calls = []
+
+    def spy(train_x, train_y, test_x, test_y):
+        calls.append(len(train_y))
+        return nearest_neighbour_accuracy(train_x, train_y, test_x, test_y)
+
+    curve = few_shot_curve(x, y, x, y, [1, 3], seeds=2, score=spy)
+    assert calls == [3, 3, 9, 9] and curve[3][0] == 1.0

@@ -340,6 +340,33 @@ def connected_groups(pairs: Iterable[tuple[str, str]], ids: Iterable[str]) -> di
     return {i: root(i) for i in parent}
 
 
+def remove_near_duplicates(
+    documents: list[Document], pairs: Iterable[tuple[str, str]]
+) -> tuple[list[Document], list[Document]]:
+    """Drop each document that is a near-duplicate (a pair in `pairs`) of an earlier document that was kept.
+
+    Documents are visited in order, so the first of each set of copies survives. Unlike keeping one document per
+    connected group, this never drops a document only because a chain of pairs links it to a kept one (A ~ B and
+    B ~ C with A and C unlike: B goes, C stays). Returns (kept, removed); together they are `documents`, and each
+    removed document carries `duplicate_of`, the id of the earliest kept document it duplicates, for auditing.
+    """
+    similar: dict[str, set[str]] = {}
+    for a, b in pairs:
+        similar.setdefault(a, set()).add(b)
+        similar.setdefault(b, set()).add(a)
+    kept: list[Document] = []
+    removed: list[Document] = []
+    kept_order: dict[str, int] = {}
+    for doc in documents:
+        twins = similar.get(doc["id"], set()) & kept_order.keys()
+        if twins:
+            removed.append(doc | {"duplicate_of": min(twins, key=kept_order.__getitem__)})
+        else:
+            kept_order[doc["id"]] = len(kept)
+            kept.append(doc)
+    return kept, removed
+
+
 def perturb(text: str, fraction: float, rng: random.Random) -> str:
     """Delete or replace about `fraction` of the words, the way a re-post or a lightly edited copy differs."""
     words = text.split()
@@ -412,59 +439,145 @@ def scrub_pii(text: str) -> tuple[str, Counter[str]]:
     return text, counts
 
 
-def planted_pii_cases(seed: int = 0, per_kind: int = 50) -> list[tuple[str, list[str]]]:
-    """A test set: sentences holding one synthetic PII value of a known kind, and look-alikes that are not PII
-    (dates, versions, times, product codes, prices, line references). Returns (text, kinds it truly contains)."""
-    rng = random.Random(seed)
+#: PII in the formats people actually write, for measuring a scrubber honestly: (text, [(kind, value), ...]).
+#: Written from the format conventions, not from `PII_PATTERNS`, and every value is reserved for examples, so no
+#: real person is named: e-mail syntax from RFC 5322 and RFC 6531 at the example domains of RFC 2606; telephone
+#: numbers in ITU-T E.123 international and national notation, in the fictional ranges of the North American
+#: Numbering Plan (555-0100 to 555-0199), Ofcom (020 7946 0xxx, 07700 900xxx) and ACMA (0491 570 xxx); IP
+#: addresses from the documentation blocks of RFC 5737 (IPv4) and RFC 3849 (IPv6); payment-card test numbers the
+#: card networks publish for integration testing; the IBAN example of ISO 13616; the US Social Security number
+#: the SSA itself printed in its advertising (219-09-9999); fictional names and a fictional street address. Kinds
+#: the scrubber has no pattern for (SSN, IBAN, STREET_ADDRESS, PERSON) are there on purpose: a scrubber's recall
+#: is over the personal data in the text, not over the formats it knows.
+PII_TEST_SET: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    ("Contact Jane.Doe@Example.COM for the data.", (("EMAIL", "Jane.Doe@Example.COM"),)),
+    ("Reports go to ops+alerts@mail.example.org.", (("EMAIL", "ops+alerts@mail.example.org"),)),
+    ("From: Bob Stone <bob_stone@example.co.uk>", (("PERSON", "Bob Stone"), ("EMAIL", "bob_stone@example.co.uk"))),
+    ("Write to o'brien@example.ie with questions.", (("EMAIL", "o'brien@example.ie"),)),
+    ("mailto:carol.smith@example.edu?subject=data", (("EMAIL", "carol.smith@example.edu"),)),
+    ("Escribe a josé.martínez@example.es mañana.", (("EMAIL", "josé.martínez@example.es"),)),
+    ("reach me: jdoe at example dot com", (("EMAIL", "jdoe at example dot com"),)),
+    ("Send CVs to hr[at]example[dot]net please.", (("EMAIL", "hr[at]example[dot]net"),)),
+    ("Call +1 202-555-0143 after nine.", (("PHONE", "+1 202-555-0143"),)),
+    ("Call (202) 555-0143 after nine.", (("PHONE", "(202) 555-0143"),)),
+    ("Office: +1 (202) 555-0178 ext. 204", (("PHONE", "+1 (202) 555-0178"),)),
+    ("Call 202 555 0143 after nine.", (("PHONE", "202 555 0143"),)),
+    ("Call 2025550143 after nine.", (("PHONE", "2025550143"),)),
+    ("Toll free: 1-800-555-0199.", (("PHONE", "1-800-555-0199"),)),
+    ("Fax 202.555.0147", (("PHONE", "202.555.0147"),)),
+    ("London office +44 20 7946 0958.", (("PHONE", "+44 20 7946 0958"),)),
+    ("London office 020 7946 0958.", (("PHONE", "020 7946 0958"),)),
+    ("Text me on 07700 900461 tonight.", (("PHONE", "07700 900461"),)),
+    ("Paris : +33 1 23 45 67 89", (("PHONE", "+33 1 23 45 67 89"),)),
+    ("Mobile (AU) +61 491 570 156", (("PHONE", "+61 491 570 156"),)),
+    ("Mobile (AU) 0491 570 156", (("PHONE", "0491 570 156"),)),
+    ("<a href='tel:+12025550143'>call</a>", (("PHONE", "+12025550143"),)),
+    ("Connection from 192.0.2.44 refused", (("IP_ADDRESS", "192.0.2.44"),)),
+    ("proxy at 198.51.100.7:8080 timed out", (("IP_ADDRESS", "198.51.100.7"),)),
+    ("blocked host 203.0.113.255.", (("IP_ADDRESS", "203.0.113.255"),)),
+    ("client 2001:db8::8a2e:370:7334 logged in", (("IP_ADDRESS", "2001:db8::8a2e:370:7334"),)),
+    ("listen on [2001:db8:0:0:1:0:0:1]:443", (("IP_ADDRESS", "2001:db8:0:0:1:0:0:1"),)),
+    ("Card 4111 1111 1111 1111 exp 12/29", (("CREDIT_CARD", "4111 1111 1111 1111"),)),
+    ("card: 5555-5555-5555-4444", (("CREDIT_CARD", "5555-5555-5555-4444"),)),
+    ("AMEX 3782 822463 10005 on file", (("CREDIT_CARD", "3782 822463 10005"),)),
+    ("paid with 6011111111111117 yesterday", (("CREDIT_CARD", "6011111111111117"),)),
+    ("Diners Club 3056 9309 0259 04 declined", (("CREDIT_CARD", "3056 9309 0259 04"),)),
+    ("Visa 4012.8888.8888.1881 (dots)", (("CREDIT_CARD", "4012.8888.8888.1881"),)),
+    ("SSN 219-09-9999 on the form", (("SSN", "219-09-9999"),)),
+    ("IBAN GB82 WEST 1234 5698 7654 32", (("IBAN", "GB82 WEST 1234 5698 7654 32"),)),
+    ("She lives at 742 Evergreen Terrace, Springfield.", (("STREET_ADDRESS", "742 Evergreen Terrace"),)),
+    ("Signed, Dr. Ada Quill, 3 May", (("PERSON", "Ada Quill"),)),
+    # look-alikes in real formats that hold no personal data
+    ("Upgrade to version 1.2.3.4 of the library.", ()),
+    ("The netmask is 255.255.255.0 by default.", ()),
+    ("Object identifier 2.5.4.3 names the common-name attribute.", ()),
+    ("ISBN 978-0-306-40615-7, second printing.", ()),
+    ("Catalogue number 978.123.4567 in the index.", ()),
+    ("Released 2024-03-15 at 10:30:45 UTC.", ()),
+    ("ZIP code 20500-0003.", ()),
+    ("DOI 10.1000/182 resolves to the handbook.", ()),
+    ("Request id 123e4567-e89b-12d3-a456-426614174000 failed.", ()),
+    ("Timestamp 1700000000000 in milliseconds.", ()),
+    ("Order 4111111111111112 shipped.", ()),
+    ("Tracking number 1Z999AA10123456784.", ()),
+    ("It costs $1,234.56 in total.", ()),
+    ("See Act 3, scene 1, lines 56-88.", ()),
+    ("Journal 71(2) (1999) 161-190.", ()),
+    ("Coordinates 51.5074, -0.1278 (London).", ()),
+)
 
-    def card() -> str:
-        body = [rng.choice("3456")] + [str(rng.randrange(10)) for _ in range(14)]
-        check = next(d for d in "0123456789" if luhn_valid("".join(body) + d))
-        digits = "".join(body) + check
-        return " ".join(digits[i : i + 4] for i in range(0, 16, 4)) if rng.random() < 0.5 else digits
 
-    def n(low: int, high: int) -> int:
-        return rng.randrange(low, high)
+def pii_detection_report(
+    cases: Iterable[tuple[str, Iterable[tuple[str, str]]]],
+    detect: Callable[[str], list[tuple[str, int, int]]] | None = None,
+) -> dict[str, Any]:
+    """Score a PII detector (default `find_pii`) on labelled `cases` of (text, [(kind, value), ...]).
 
-    phones = [
-        lambda: f"+1 {n(200, 999)}-{n(200, 999)}-{n(1000, 9999)}",
-        lambda: f"({n(200, 999)}) {n(200, 999)}-{n(1000, 9999)}",
-        lambda: f"+44 20 {n(1000, 9999)} {n(1000, 9999)}",
-    ]
-    makers = {
-        "EMAIL": lambda: (
-            f"{rng.choice(['ann', 'j.smith', 'ops+alerts'])}{n(0, 99)}@"
-            + rng.choice(["example.com", "mail.co.uk", "uni.edu"])
-        ),
-        "PHONE": lambda: rng.choice(phones)(),
-        "IP_ADDRESS": lambda: ".".join(str(n(0, 256)) for _ in range(4)),
-        "CREDIT_CARD": card,
+    A true value counts as *caught* only when spans of its own kind cover every one of its characters (a phone
+    number found without its country code still leaks); *partly* when some span overlaps it; else *missed*. A found
+    span is a false positive when it overlaps no true value of its kind. Returns per-kind counts ({kind: {"true",
+    "caught", "partly", "missed"}}), overall recall (caught / true values) and precision (spans on a true value /
+    all spans), and the missed values and false positives as lists, so the report says what was missed, not only
+    how much.
+    """
+    detect = detect or find_pii
+    per_kind: dict[str, Counter[str]] = {}
+    missed, false_positives, correct_spans, all_spans = [], [], 0, 0
+    for text, truths in cases:
+        spans = detect(text)
+        located = []
+        for kind, value in truths:
+            start = text.find(value)
+            if start < 0:
+                raise CorpusError(f"value {value!r} does not occur in {text!r}")
+            located.append((kind, start, start + len(value)))
+        for kind, start, end in located:
+            covered = {i for k, s, e in spans if k == kind for i in range(max(s, start), min(e, end))}
+            outcome = "caught" if len(covered) == end - start else "partly" if covered else "missed"
+            per_kind.setdefault(kind, Counter()).update(["true", outcome])
+            if outcome != "caught":
+                missed.append((kind, text[start:end], outcome))
+        for kind, start, end in spans:
+            all_spans += 1
+            if any(k == kind and start < e and s < end for k, s, e in located):
+                correct_spans += 1
+            else:
+                false_positives.append((kind, text[start:end], text))
+    true_values = sum(c["true"] for c in per_kind.values())
+    return {
+        "per_kind": {kind: {k: c[k] for k in ("true", "caught", "partly", "missed")} for kind, c in per_kind.items()},
+        "recall": sum(c["caught"] for c in per_kind.values()) / max(true_values, 1),
+        "precision": correct_spans / all_spans if all_spans else 1.0,
+        "missed": missed,
+        "false_positives": false_positives,
     }
-    templates = ["Please contact {} before Friday.", "The log shows {} twice.", "Send it to {} and wait.",
-                 "Her details, {}, were in the form."]  # fmt: skip
-    cases = [(rng.choice(templates).format(make()), [kind]) for kind, make in makers.items() for _ in range(per_kind)]
-    negatives = [
-        lambda: f"Released on {n(1990, 2026)}-{n(1, 13):02d}-{n(1, 29):02d}.",
-        lambda: f"Upgrade to version {n(1, 30)}.{n(0, 20)}.{n(0, 20)} today.",
-        lambda: f"The meeting moved to {n(1, 13)}:{n(0, 60):02d} pm.",
-        lambda: f"Order number {n(10**15, 10**16)} shipped.",  # 16 digits: fails the Luhn check 9 times in 10
-        lambda: f"It costs $1,{n(100, 999)}.{n(10, 99)} in total.",
-        lambda: f"See Act {n(1, 6)}, scene {n(1, 8)}, lines {n(1, 300)}-{n(300, 600)}.",
-    ]
-    cases += [(rng.choice(negatives)(), []) for _ in range(per_kind * 2)]
-    rng.shuffle(cases)
-    return cases
 
 
 # ---------------------------------------------------------------------------------------------------- bias screening
 
+#: Term lists for a first bias screen, one social axis per list, so that counts for different axes never mix.
+#: Sources: the gender lists follow the word lists of Garg et al. (2018, "Word embeddings quantify 100 years of
+#: gender and ethnic stereotypes", PNAS), to which we add the forms of address frequent in the plays (lord/lady,
+#: king/queen, sir/madam, master/mistress, husband/wife); the religion list names the adherents of the six
+#: religions Brown et al. (2020, GPT-3, section 6.2.3) probed, plus the period words for non-believers the plays
+#: use (pagan, infidel, heathen); the age list follows the age axis of HolisticBias (Smith et al., 2022). Modern
+#: lists for ethnicity (HolisticBias's race/ethnicity and nationality axes) name groups the plays never mention,
+#: so that list is ours, taken from the plays' own words for peoples (Moor, Ethiope, Turk, Egyptian...). "Jew"
+#: sits under religion here though the plays often use it as an ethnic label: a word list cannot tell the two
+#: apart, which is one reason to read the contexts (`concordance`) and not only the counts.
 TERM_LISTS: dict[str, tuple[str, ...]] = {
-    "female": ("she", "her", "hers", "herself", "woman", "women", "girl", "girls", "lady", "ladies", "queen",
-               "mother", "daughter", "sister", "wife", "madam", "mistress"),
-    "male": ("he", "him", "his", "himself", "man", "men", "boy", "boys", "lord", "lords", "king", "father", "son",
-             "brother", "husband", "sir", "master"),
-    "age": ("old", "young", "aged", "youth", "elderly", "child", "children"),
-    "religion": ("christian", "jew", "jews", "moor", "pagan", "turk", "infidel"),
+    "female": ("she", "her", "hers", "herself", "woman", "women", "girl", "girls", "female", "females", "mother",
+               "mothers", "daughter", "daughters", "sister", "sisters", "aunt", "aunts", "niece", "nieces",
+               "lady", "ladies", "queen", "queens", "madam", "mistress", "wife", "wives"),
+    "male": ("he", "him", "his", "himself", "man", "men", "boy", "boys", "male", "males", "father", "fathers",
+             "son", "sons", "brother", "brothers", "uncle", "uncles", "nephew", "nephews",
+             "lord", "lords", "king", "kings", "sir", "master", "husband", "husbands"),
+    "age": ("old", "young", "aged", "elderly", "youth", "youthful", "child", "children", "teenage", "senior"),
+    "religion": ("christian", "christians", "jew", "jews", "jewish", "muslim", "muslims", "hindu", "hindus",
+                 "buddhist", "buddhists", "atheist", "atheists", "pagan", "pagans", "infidel", "infidels",
+                 "heathen", "heathens"),
+    "ethnicity": ("moor", "moors", "blackamoor", "blackamoors", "ethiop", "ethiope", "ethiopes", "ethiopian",
+                  "turk", "turks", "egyptian", "egyptians", "gypsy", "tartar", "tartars"),
 }  # fmt: skip
 
 
@@ -478,6 +591,21 @@ def term_rates(texts: Iterable[str], lists: dict[str, tuple[str, ...]] = TERM_LI
         counts.update(tokens)
     rates = {name: 1e4 * sum(counts[t] for t in terms) / max(words, 1) for name, terms in lists.items()}
     return rates | {"words": float(words)}
+
+
+def concordance(texts: Iterable[str], terms: Iterable[str], width: int = 40, limit: int = 5) -> list[str]:
+    """Up to `limit` key-word-in-context lines: each whole-word, case-insensitive occurrence of a term with `width`
+    characters either side, newlines flattened. What a term count actually counted."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + r")\b", re.IGNORECASE)
+    lines: list[str] = []
+    for text in texts:
+        for m in pattern.finditer(text):
+            left = text[max(m.start() - width, 0) : m.start()].replace("\n", " ")
+            right = text[m.end() : m.end() + width].replace("\n", " ")
+            lines.append(f"{left:>{width}}[{m.group()}]{right}")
+            if len(lines) == limit:
+                return lines
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------- splits and files
@@ -589,13 +717,15 @@ def build_corpus(
     shingle_size: int = 3,
     fractions: dict[str, float] = SPLIT_FRACTIONS,
     seed: int = 0,
+    remove_near: Iterable[str] = (),
 ) -> tuple[dict[str, list[Document]], dict[str, Any]]:
-    """Notebook 03's pipeline in one call: clean, filter, drop exact duplicates, group near-duplicates within each
-    domain at that domain's Jaccard threshold in `near_thresholds` (kept, but always in the same split so no split
-    leaks into another), scrub PII, split by group.
+    """Notebook 03's pipeline in one call: clean, filter, drop exact duplicates, find near-duplicates within each
+    domain at that domain's Jaccard threshold in `near_thresholds`, remove them in the domains named in
+    `remove_near` (keeping the first copy, `remove_near_duplicates`), group the rest (kept, but always in the same
+    split so no split leaks into another), scrub PII, split by group.
 
     Returns (splits, report); the report's counts reconcile: documents = kept + removed by each filter + exact
-    duplicates removed.
+    duplicates removed + near-duplicates removed.
     """
     repeated = [i for i, n in Counter(doc["id"] for doc in documents).items() if n > 1]
     if repeated:
@@ -607,9 +737,20 @@ def build_corpus(
     missing = {doc["domain"] for doc in unique} - set(near_thresholds)
     if missing:
         raise CorpusError(f"near_thresholds has no threshold for domains {sorted(missing)}")
-    pairs = []
+    unknown = set(remove_near) - set(near_thresholds)
+    if unknown:
+        raise CorpusError(f"remove_near names domains without a threshold: {sorted(unknown)}")
+    pairs, near_removed = [], []
     for domain, threshold in near_thresholds.items():
-        pairs += near_duplicate_pairs([d for d in unique if d["domain"] == domain], threshold, shingle_size)
+        in_domain = [d for d in unique if d["domain"] == domain]
+        found = near_duplicate_pairs(in_domain, threshold, shingle_size)
+        if domain in set(remove_near):
+            dropped = {d["id"] for d in remove_near_duplicates(in_domain, [(a, b) for a, b, _ in found])[1]}
+            near_removed += [d for d in in_domain if d["id"] in dropped]
+            found = [p for p in found if p[0] not in dropped and p[1] not in dropped]
+        pairs += found
+    removed_ids = {d["id"] for d in near_removed}
+    unique = [doc for doc in unique if doc["id"] not in removed_ids]
     groups = connected_groups([(a, b) for a, b, _ in pairs], [doc["id"] for doc in unique])
     splits: dict[str, list[Document]] = {name: [] for name in fractions}
     pii: Counter[str] = Counter()
@@ -618,7 +759,10 @@ def build_corpus(
         pii.update(found)
         splits[split_of(groups[doc["id"]], fractions, seed)].append(doc | {"text": text, "group": groups[doc["id"]]})
     report = {"documents": len(documents), "removed_by_filter": {k: len(v) for k, v in filtered.removed.items()},
-              "exact_duplicates_removed": len(duplicate_ids), "near_duplicate_pairs": len(pairs),
+              "exact_duplicates_removed": len(duplicate_ids), "near_duplicates_removed": len(near_removed),
+              "near_duplicate_pairs": len(pairs),
               "pii_replaced": dict(pii), "split_documents": {k: len(v) for k, v in splits.items()}}  # fmt: skip
-    assert len(documents) == len(unique) + len(duplicate_ids) + sum(report["removed_by_filter"].values())
+    assert len(documents) == len(unique) + len(duplicate_ids) + len(near_removed) + sum(
+        report["removed_by_filter"].values()
+    )
     return splits, report

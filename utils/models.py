@@ -76,15 +76,23 @@ def small_vit(
 
 
 def small_bert(
-    vocab_size: int, context: int = 128, layers: int = 4, width: int = 128, heads: int = 4, pad_token_id: int = 0
+    vocab_size: int,
+    context: int = 128,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    pad_token_id: int = 0,
+    dropout: float = 0.1,
 ) -> BertForMaskedLM:
     """A BERT-style encoder for masked language modelling (predict hidden tokens from both sides).
 
-    BERT base: vocab 30,522, context 512, 12 layers, width 768, 12 heads, FFN 3,072 (Devlin et al., 2019).
+    BERT base: vocab 30,522, context 512, 12 layers, width 768, 12 heads, FFN 3,072, dropout 0.1 on hidden states
+    and attention weights (Devlin et al., 2019); pass `dropout=0.0` to compare it with `small_gpt`'s default.
     """
     config = BertConfig(
         vocab_size=vocab_size, max_position_embeddings=context, num_hidden_layers=layers, hidden_size=width,
         num_attention_heads=heads, intermediate_size=4 * width, pad_token_id=pad_token_id,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     return BertForMaskedLM(config)
 

@@ -139,6 +139,42 @@ def masked_token_rank(model: torch.nn.Module, tokenizer: Any, text: str, answer:
     return int((logits > logits[answer_ids[0]]).sum().item()) + 1
 
 
+@torch.no_grad()
+def masked_prediction_report(
+    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], tokenizer: Any
+) -> dict[str, float]:
+    """What a masked LM's top guess is at the positions its labels score (labels != -100), over `batches`.
+
+    A token is a *word* when its string in `tokenizer` (`convert_ids_to_tokens`) holds a letter (" be", "ing"),
+    so line breaks, commas and full stops are not. Returns accuracy (top guess = the hidden token),
+    word_accuracy (the same, over hidden tokens that are words) and guesses_that_are_words (the share of top
+    guesses that are words, whatever the target): early in training a masked LM guesses the commonest tokens
+    (line breaks, commas) everywhere, and this share is what shows it moving on to words.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    guesses, targets = [], []
+    for batch in batches:
+        labels = batch["labels"]
+        logits = model(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).logits.cpu()
+        scored = labels != -100
+        guesses.append(logits.argmax(-1)[scored])
+        targets.append(labels[scored])
+    model.train(was_training)
+    guess, target = torch.cat(guesses), torch.cat(targets)
+    if len(target) == 0:
+        raise ValueError("no position has a label other than -100; nothing was masked")
+    tokens = tokenizer.convert_ids_to_tokens(torch.cat([target, guess]).tolist())
+    is_word = torch.tensor([any(ch.isalpha() for ch in token) for token in tokens], dtype=torch.bool)
+    word_target, word_guess = is_word[: len(target)], is_word[len(target) :]
+    return {
+        "accuracy": (guess == target).float().mean().item(),
+        "word_accuracy": (guess == target)[word_target].float().mean().item() if word_target.any() else 0.0,
+        "guesses_that_are_words": word_guess.float().mean().item(),
+    }
+
+
 def gpt_sweep(
     train_ids: torch.Tensor,
     val_ids: torch.Tensor,

@@ -8,6 +8,8 @@ scikit-learn.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
@@ -28,18 +30,24 @@ def linear_probe_accuracy(
     return float(probe.fit(train_x, train_y).score(test_x, test_y))
 
 
+Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
+
+
 def few_shot_curve(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    shots: list[int], seeds: int = 5,
+    shots: list[int], seeds: int = 5, score: Scorer | None = None,
 ) -> dict[int, tuple[float, float]]:  # fmt: skip
-    """Linear-probe accuracy for each number of labelled examples per class: {shots: (mean, std over seeds)}.
+    """Test accuracy for each number of labelled examples per class: {shots: (mean, std over seeds)}.
 
-    Few-shot results swing with which examples are drawn, so each point averages `seeds` random draws.
+    `score(train_x, train_y, test_x, test_y)` fits and scores one adaptation method on the drawn examples (default
+    `linear_probe_accuracy`; pass e.g. `nearest_neighbour_accuracy`). Few-shot results swing with which examples
+    are drawn, so each point averages `seeds` random draws.
     """
+    score = score or linear_probe_accuracy
     curve = {}
     for k in shots:
         accs = [
-            linear_probe_accuracy(train_x[idx], train_y[idx], test_x, test_y)
+            score(train_x[idx], train_y[idx], test_x, test_y)
             for idx in (few_shot_indices(train_y, k, seed) for seed in range(seeds))
         ]
         curve[k] = (float(np.mean(accs)), float(np.std(accs)))
@@ -50,3 +58,10 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     """Test accuracy of a k-nearest-neighbour vote under cosine distance on the frozen features."""
     knn = KNeighborsClassifier(n_neighbors=k, metric="cosine")
     return float(knn.fit(train_x, train_y).score(test_x, test_y))
+
+
+def nearest_neighbour_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
+    """`knn_accuracy` with one neighbour: the few-shot form, usable from one labelled example per class."""
+    return knn_accuracy(train_x, train_y, test_x, test_y, k=1)

@@ -1,0 +1,71 @@
+"""Log axes show exactly the ticks asked for, with no overlapping minor labels."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+
+from utils.plotting import log_axis, plot_history
+
+
+def _visible_labels(axis):
+    """The tick labels matplotlib actually draws (major and minor) after a render."""
+    axis.figure.canvas.draw()
+    major = [t.get_text() for t in axis.get_ticklabels() if t.get_visible() and t.get_text()]
+    minor = [t.get_text() for t in axis.get_ticklabels(minor=True) if t.get_visible() and t.get_text()]
+    return major, minor
+
+
+def test_set_xticks_alone_leaves_minor_labels_that_overlap_the_chosen_ones():
+    """The defect log_axis fixes: on a log axis spanning about a decade, matplotlib labels minor ticks too."""
+    fig, ax = plt.subplots()
+    sizes = [128, 256, 512, 1024, 2048]
+    ax.plot(sizes, sizes)
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    _, minor = _visible_labels(ax.xaxis)
+    plt.close(fig)
+    assert minor, "matplotlib no longer labels minor log ticks; log_axis may be unnecessary"
+
+
+@pytest.mark.parametrize("axis", ["x", "y"])
+def test_log_axis_draws_only_the_given_ticks(axis):
+    fig, ax = plt.subplots()
+    sizes = [128, 256, 512, 1024, 2048]
+    ax.plot(sizes, sizes)
+    log_axis(ax, sizes, axis=axis, base=2)
+    major, minor = _visible_labels(ax.xaxis if axis == "x" else ax.yaxis)
+    plt.close(fig)
+    assert major == ["128", "256", "512", "1,024", "2,048"] and minor == []
+    assert (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log"
+
+
+def test_log_axis_custom_labels_and_bad_input():
+    fig, ax = plt.subplots()
+    ax.plot([0.5, 1, 2], [1, 2, 3])
+    log_axis(ax, [0.5, 1, 2], labels=["½", "1", "2"])
+    assert _visible_labels(ax.xaxis) == (["½", "1", "2"], [])
+    log_axis(ax, [0.5, 2])
+    assert _visible_labels(ax.xaxis)[0] == ["0.5", "2"]
+    with pytest.raises(ValueError, match="positive"):
+        log_axis(ax, [0, 1])
+    with pytest.raises(ValueError, match="labels"):
+        log_axis(ax, [1, 2], labels=["1"])
+    with pytest.raises(ValueError, match="axis"):
+        log_axis(ax, [1, 2], axis="z")
+    plt.close(fig)
+
+
+def test_plot_history_draws_train_and_validation_and_returns_the_evaluations():
+    history = [
+        {"step": 0, "val_loss": 5.0}, {"step": 1, "train_loss": 4.0}, {"step": 2, "train_loss": 3.0, "val_loss": 3.5}
+    ]  # fmt: skip
+    fig, ax = plt.subplots()
+    evals = plot_history(ax, history, val_label="held out")
+    assert [r["step"] for r in evals] == [0, 2]
+    (train, val) = ax.get_lines()
+    assert list(train.get_xdata()) == [1, 2] and list(val.get_ydata()) == [5.0, 3.5] and val.get_label() == "held out"
+    with pytest.raises(ValueError, match="no evaluated rows"):
+        plot_history(ax, history[1:2])
+    plt.close(fig)

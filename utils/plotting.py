@@ -1,0 +1,62 @@
+"""Readable figures for the course: logarithmic axes with exactly the ticks asked for, and training curves.
+
+Defined for notebook 00 (the matmul-throughput plot) and used by every notebook that plots against a size, a
+vocabulary or a number of examples on a log scale; `plot_history` draws the training runs of notebook 01 onward
+(histories as returned by `utils.pretraining.train`). Needs matplotlib.
+
+Why it exists: `ax.set_xticks(values, labels)` on a log axis replaces only the *major* ticks. Matplotlib's log
+scale also places minor ticks (at 2, 3, ... 9 times each power of the base) and, when the axis spans less than
+about one and a half decades, labels a subset of them with its `LogFormatterSciNotation` ("2×10^2", "3×10^2", ...).
+Those minor labels land between and on top of the chosen labels and read as garbled text. `log_axis` sets the
+major ticks and their labels and removes the minor ticks, so the axis shows exactly the values given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.axes import Axes
+from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+
+def log_axis(
+    ax: Axes, ticks: Sequence[float], axis: str = "x", labels: Sequence[str] | None = None, base: float = 10
+) -> None:
+    """Put `axis` ("x" or "y") of `ax` on a log scale with ticks exactly at `ticks` and no minor ticks.
+
+    `labels` default to the tick values with thousands separators ("8,192"; "0.5" for fractions). `base` only
+    changes where matplotlib would put its own ticks, not the spacing of the data: any base draws the same curve.
+    Raises ValueError for an unknown axis, a non-positive tick (a log axis has no place for it) or a label count
+    that differs from the tick count.
+    """
+    if axis not in ("x", "y"):
+        raise ValueError(f'axis must be "x" or "y", got {axis!r}')
+    ticks = [float(t) for t in ticks]
+    if not ticks or min(ticks) <= 0:
+        raise ValueError(f"a log axis needs positive tick values, got {ticks}")
+    if labels is None:
+        labels = [f"{t:,.0f}" if t == int(t) else f"{t:g}" for t in ticks]
+    if len(labels) != len(ticks):
+        raise ValueError(f"got {len(labels)} labels for {len(ticks)} ticks")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log", base=base)
+    target.set_major_locator(FixedLocator(ticks))
+    target.set_major_formatter(FixedFormatter(list(labels)))
+    target.set_minor_locator(NullLocator())
+
+
+def plot_history(
+    ax: Axes, history: list[dict[str, float]], train_label: str = "train", val_label: str = "validation"
+) -> list[dict[str, float]]:
+    """Draw a training history on `ax`: the per-step training loss, faint, and the evaluations as markers.
+
+    `history` holds one row per step with `step` and `train_loss`, plus `val_loss` where evaluated (step 0 is an
+    evaluation only). Returns the evaluated rows, so the caller can read the last validation loss.
+    """
+    steps = [row for row in history if "train_loss" in row]
+    evals = [row for row in history if "val_loss" in row]
+    if not evals:
+        raise ValueError("the history has no evaluated rows (no `val_loss`): nothing to mark")
+    ax.plot([r["step"] for r in steps], [r["train_loss"] for r in steps], alpha=0.4, label=train_label)
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], marker="o", label=val_label)
+    return evals
