@@ -214,3 +214,13 @@ def test_a_study_interrupted_with_ctrl_c_resumes_from_sqlite_with_the_same_trial
     assert summary["complete"] == 5 and summary["best"]["value"] == min(t.value for t in after if t.value is not None)
     T.run_study(T.open_study(tmp_path / "study.db", name="resumable"), again, trials=5)  # finished: nothing more runs
     assert len(T.open_study(tmp_path / "study.db", name="resumable").trials) == 6
+
+
+def test_log_parabola_minimum_reads_the_best_rate_between_grid_points():
+    grid = [1e-4, 1e-3, 1e-2, 1e-1]
+    losses = [(math.log10(lr) + 2.7) ** 2 for lr in grid]  # lowest at lr = 10**-2.7, between two grid points
+    assert T.log_parabola_minimum(grid, losses) == pytest.approx(10**-2.7, rel=1e-6)
+    assert T.log_parabola_minimum(grid, [4.0, 3.0, 2.0, 1.0]) == 1e-1  # best at the edge: the grid point itself
+    assert T.log_parabola_minimum([1e-3, 1e-2, 1e-1], [1.0, 1.0, 1.0]) in (1e-3, 1e-2, 1e-1)  # flat: a grid point
+    with pytest.raises(ValueError, match="positive learning rates"):
+        T.log_parabola_minimum([0.0, 1e-3], [1.0, 2.0])

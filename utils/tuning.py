@@ -7,6 +7,8 @@ regexes of its metric lines); the SageMaker SDK and Optuna are imported only by 
 
 - `lr_range_test` raises the learning rate exponentially over a short run of a model and records the loss (Smith,
   2017, "Cyclical Learning Rates for Training Neural Networks", section 3.3).
+- `log_parabola_minimum` reads the best learning rate between the points of a grid of full runs (a parabola in
+  log lr through the best point and its neighbours): how far the best rate moves with width or batch size.
 - `gradient_noise_scale` estimates B_simple = tr(Sigma) / |G|^2 from squared gradient norms measured at two batch
   sizes (McCandlish et al., 2018, "An Empirical Model of Large-Batch Training", section 2.2 and appendix A.1): the
   batch size beyond which doubling the batch no longer halves the steps (`squared_gradient_norm` measures them).
@@ -115,6 +117,26 @@ def lr_range_test(
     steepest = lrs[1 + min(range(len(slopes)), key=slopes.__getitem__)]
     lowest = lrs[min(range(len(smoothed)), key=smoothed.__getitem__)]
     return {"lrs": lrs, "losses": raw, "smoothed": smoothed, "steepest": steepest, "minimum_over_10": lowest / 10}
+
+
+def log_parabola_minimum(lrs: Sequence[float], losses: Sequence[float]) -> float:
+    """The learning rate of the lowest loss, read between grid points: a parabola in log10(lr) is put through the
+    lowest grid point and its two neighbours, and its vertex is returned when the parabola opens upwards (it lies
+    between those neighbours then); otherwise (the best point is at the edge of the grid, or the losses are flat)
+    the best grid point itself."""
+    if len(lrs) != len(losses) or len(lrs) < 1 or min(lrs) <= 0:
+        raise ValueError(f"need as many positive learning rates as losses, got {len(lrs)} and {len(losses)}")
+    pairs = sorted(zip(lrs, losses, strict=True))
+    best = min(range(len(pairs)), key=lambda i: pairs[i][1])
+    if best in (0, len(pairs) - 1):
+        return pairs[best][0]
+    near = pairs[best - 1 : best + 2]
+    x = torch.tensor([math.log10(lr) for lr, _ in near], dtype=torch.float64)
+    y = torch.tensor([loss for _, loss in near], dtype=torch.float64)
+    a, b, _ = torch.linalg.solve(torch.stack([x * x, x, torch.ones_like(x)], dim=1), y).tolist()
+    if a <= 0:
+        return pairs[best][0]
+    return 10 ** min(max(-b / (2 * a), float(x[0])), float(x[-1]))
 
 
 # ------------------------------------------------------------------------------------ gradient noise scale
@@ -367,7 +389,9 @@ class TrialFailed(Exception):
     """A trial that crashed, timed out, was refused or scored NaN; the study records it as failed and goes on."""
 
 
-def open_study(storage: str | Path, name: str = "study", seed: int = 0, pruner: Any = None) -> Any:
+def open_study(
+    storage: str | Path, name: str = "study", seed: int = 0, pruner: Any = None, startup_trials: int = 10
+) -> Any:
     """Create, or resume, the Optuna study `name` kept in the SQLite file `storage`: minimise the validation loss with
     a seeded TPE sampler (Bergstra et al., 2011, "Algorithms for Hyper-Parameter Optimization") and `pruner`
     (default: `MedianPruner(n_startup_trials=2)`, which stops a trial whose intermediate value is worse than the
@@ -375,7 +399,8 @@ def open_study(storage: str | Path, name: str = "study", seed: int = 0, pruner: 
     dozen trials). Every trial is written to the file as it ends, so a study that was interrupted (Ctrl-C, a crash, a
     killed kernel) resumes where it stopped: `run_study` first reruns the trials the interruption cut short, with
     their parameters. The sampler's seed is offset by the number of trials already stored, so a resumed study does
-    not replay the random start of the first session."""
+    not replay the random start of the first session. TPE samples the first `startup_trials` trials at random (Optuna's
+    default, 10) before it models the scores: a study of a dozen trials needs fewer to let TPE act."""
     import optuna
 
     path = Path(storage)
@@ -383,7 +408,7 @@ def open_study(storage: str | Path, name: str = "study", seed: int = 0, pruner: 
     pruner = pruner if pruner is not None else optuna.pruners.MedianPruner(n_startup_trials=2)
     study = optuna.create_study(storage=f"sqlite:///{path.resolve()}", study_name=name, direction="minimize",
                                 pruner=pruner, load_if_exists=True)  # fmt: skip
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials, seed=seed + len(study.trials))
     return study
 
 
