@@ -88,6 +88,37 @@ def test_tuning_job_request(aws, source):
     assert matches_snapshot("create_hyper_parameter_tuning_job", request)
 
 
+def test_hyperband_tuning_request_searches_the_local_space_on_validation_loss(aws, source):
+    from utils import tuning
+
+    space = [tuning.Dimension("lr", 1e-4, 1e-2, log=True), tuning.Dimension("warmup", 0, 20),
+             tuning.Dimension("width", choices=(64, 128))]  # fmt: skip
+    tuner = J.gpt_tuner(J.gpt_trainer(aws, source, HYPERPARAMETERS), ranges=tuning.parameter_ranges(space),
+                        objective="validation:loss", strategy="Hyperband", max_resource=5)  # fmt: skip
+    J.start_tuning(tuner, aws.data_uri, validation_s3_uri=aws.data_uri)
+    request = aws.last_request("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert config["StrategyConfig"] == {"HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": 5}}
+    assert config["Strategy"] == "Hyperband" and config["TrainingJobEarlyStoppingType"] == "Off"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "validation:loss"}
+    assert set(tuning.space_from_parameter_ranges(config["ParameterRanges"])) == set(space)
+    channels = [c["ChannelName"] for c in request["TrainingJobDefinition"]["InputDataConfig"]]
+    assert channels[:2] == ["training", "validation"]  # then the SDK's own sm_drivers
+    assert matches_snapshot("create_hyper_parameter_tuning_job_hyperband", request)
+
+
+def test_tuner_refuses_what_sagemaker_or_the_program_cannot_do(aws, source):
+    trainer = J.gpt_trainer(aws, source, HYPERPARAMETERS)
+    with pytest.raises(ValueError, match="not a metric the program logs"):
+        J.gpt_tuner(trainer, objective="val_loss")
+    with pytest.raises(ValueError, match="SageMaker offers Bayesian"):
+        J.gpt_tuner(trainer, strategy="Evolution")
+    with pytest.raises(ValueError, match="Hyperband stops trials itself"):
+        J.gpt_tuner(trainer, strategy="Hyperband")
+    with pytest.raises(ValueError, match="needs held-out data"):
+        J.start_tuning(J.gpt_tuner(trainer, objective="validation:loss"), aws.data_uri)
+
+
 def test_pipeline_definition_and_request(aws, source):
     pipeline = J.gpt_pipeline(aws, source, HYPERPARAMETERS, aws.data_uri, instance_type="ml.g5.2xlarge")
     definition = json.loads(pipeline.definition())

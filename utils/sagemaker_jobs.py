@@ -468,34 +468,82 @@ def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wa
     return trainer._latest_training_job
 
 
-def gpt_tuner(trainer: Any, max_jobs: int = 8, max_parallel_jobs: int = 2) -> Any:
-    """A HyperparameterTuner over the trainer's learning rate (log scale, 1e-4..3e-3) and warm-up (0..50 steps),
-    minimising the scraped training loss with Bayesian search. Tuning jobs run the older script-mode contract
-    (the SDK sets sagemaker_program and uploads sourcedir.tar.gz), which the training toolkit runs. Trials run
-    without checkpointing: SDK 3.27 sends the trainer's CheckpointConfig without the S3 URI it fills in for plain
-    training jobs (botocore rejects that request), and one fixed URI would be shared by every trial."""
-    from sagemaker.core.parameter import ContinuousParameter, IntegerParameter
+def gpt_tuner(
+    trainer: Any,
+    max_jobs: int = 8,
+    max_parallel_jobs: int = 2,
+    ranges: dict[str, list[dict[str, Any]]] | None = None,
+    objective: str = "train:loss",
+    strategy: str = "Bayesian",
+    early_stopping: bool = False,
+    max_resource: int | None = None,
+) -> Any:
+    """A HyperparameterTuner for the trainer's program, minimising `objective` (a metric of `METRIC_DEFINITIONS`,
+    scraped from its lines). `ranges` are SageMaker `ParameterRanges` as the API takes them (`utils.tuning.
+    parameter_ranges` writes them from the search space a local Optuna study uses, notebook 07); the default is the
+    learning rate (log scale, 1e-4..3e-3) and warm-up (0..50 steps). `strategy` is Bayesian, Random, Grid or Hyperband;
+    `early_stopping` lets SageMaker stop trials that trail (TrainingJobEarlyStoppingType Auto, Bayesian and Random
+    only); Hyperband stops trials itself after `max_resource` objective values at most (it counts resource in values
+    of the objective logged). Tuning jobs run the older script-mode contract (the SDK sets sagemaker_program and
+    uploads sourcedir.tar.gz), which the training toolkit runs. Trials run without checkpointing: SDK 3.27 sends the
+    trainer's CheckpointConfig without the S3 URI it fills in for plain training jobs (botocore rejects that
+    request), and one fixed URI would be shared by every trial."""
+    from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter, IntegerParameter
+    from sagemaker.core.shapes import HyperbandStrategyConfig, HyperParameterTuningJobStrategyConfig
     from sagemaker.train.tuner import HyperparameterTuner
 
     _check_number("max_jobs", max_jobs, "MaxNumberOfTrainingJobs")
     _check_number("max_parallel_jobs", max_parallel_jobs, "MaxParallelTrainingJobs")
+    metrics = [d["Name"] for d in METRIC_DEFINITIONS]
+    if objective not in metrics:
+        raise InvalidRequest(f"objective {objective!r} is not a metric the program logs: one of {', '.join(metrics)}")
+    strategies = list(_api_model().shape_for("HyperParameterTuningJobStrategyType").enum)
+    if strategy not in strategies:
+        raise InvalidRequest(f"strategy {strategy!r}: SageMaker offers {', '.join(strategies)}")
+    if strategy == "Hyperband" and (early_stopping or not max_resource or max_resource < 1):
+        raise InvalidRequest("Hyperband stops trials itself: pass max_resource (objective values in a full trial), "
+                         "and leave early_stopping off")  # fmt: skip
+    if ranges is None:
+        parameters = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"),
+                      "warmup": IntegerParameter(0, 50)}  # fmt: skip
+    else:
+        parameters = {r["Name"]: ContinuousParameter(float(r["MinValue"]), float(r["MaxValue"]),
+                                                     scaling_type=r.get("ScalingType", "Auto"))
+                      for r in ranges.get("ContinuousParameterRanges", [])}  # fmt: skip
+        parameters |= {r["Name"]: IntegerParameter(int(r["MinValue"]), int(r["MaxValue"]),
+                                                   scaling_type=r.get("ScalingType", "Auto"))
+                       for r in ranges.get("IntegerParameterRanges", [])}  # fmt: skip
+        parameters |= {r["Name"]: CategoricalParameter(list(r["Values"]))
+                       for r in ranges.get("CategoricalParameterRanges", [])}  # fmt: skip
+        if not parameters:
+            raise InvalidRequest("ranges has no parameter: give at least one Continuous, Integer or Categorical range")
+    options: dict[str, Any] = {}
+    if strategy == "Hyperband":
+        config = HyperbandStrategyConfig(min_resource=1, max_resource=max_resource)
+        options["strategy_config"] = HyperParameterTuningJobStrategyConfig(hyperband_strategy_config=config)
     trainer.checkpoint_config = None
-    ranges = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"), "warmup": IntegerParameter(0, 50)}
-    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="train:loss", objective_type="Minimize",
-                               hyperparameter_ranges=ranges, metric_definitions=METRIC_DEFINITIONS,
-                               max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
-                               base_tuning_job_name=f"{trainer.base_job_name}-tune")  # fmt: skip
+    return HyperparameterTuner(model_trainer=trainer, objective_metric_name=objective, objective_type="Minimize",
+                               hyperparameter_ranges=parameters, metric_definitions=METRIC_DEFINITIONS,
+                               max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs, strategy=strategy,
+                               early_stopping_type="Auto" if early_stopping else "Off",
+                               base_tuning_job_name=f"{trainer.base_job_name}-tune", **options)  # fmt: skip
 
 
-def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training") -> Any:
+def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training", validation_s3_uri: str | None = None) -> Any:
     """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. The data must be in
-    S3 already (a local path would not reach the trials)."""
+    S3 already (a local path would not reach the trials). `validation_s3_uri` adds the `validation` channel, which
+    the program reads as SM_CHANNEL_VALIDATION for its validation loss (the objective `validation:loss` needs it)."""
     from sagemaker.core.training.configs import InputData
 
     _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
     _check_text("channel", channel, "ChannelName")
-
-    tuner.tune(inputs=[InputData(channel_name=channel, data_source=data_s3_uri)], wait=False)
+    inputs = [InputData(channel_name=channel, data_source=data_s3_uri)]
+    if validation_s3_uri is not None:
+        _check_s3_uri("validation_s3_uri", validation_s3_uri, "upload the held-out shards with upload_channel")
+        inputs.append(InputData(channel_name="validation", data_source=validation_s3_uri))
+    elif tuner.objective_metric_name == "validation:loss":
+        raise InvalidRequest("the objective validation:loss needs held-out data: pass validation_s3_uri")
+    tuner.tune(inputs=inputs, wait=False)
     return tuner
 
 
