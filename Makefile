@@ -35,7 +35,7 @@ doctor:
 	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m utils.doctor --python "$(PYTHON)" --port $(LAB_PORT)
 
 course: setup
-	$(BIN)/python -m utils.course run --solutions
+	$(BIN)/python -m utils.course run --solutions after
 
 test: setup lint unit notebooks
 

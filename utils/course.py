@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"
+SOLUTIONS_MODES = ("none", "after", "only")  # see select_notebooks
 RECORD_FILE_ENV = "COURSE_RECORD_FILE"  # the runner points this at a per-notebook JSON file
 SMOKE_ENV = "COURSE_SMOKE"  # "1": notebooks run at smoke size
 
@@ -136,9 +137,14 @@ class NotebookResult:
     error: dict[str, Any] | None = None
 
 
-def select_notebooks(only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solutions: bool = False) -> list[Path]:
-    """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06". With `solutions`,
-    each chapter is followed by its exercise solutions (`solutions/NN_*.ipynb` under `notebooks_dir`), if any."""
+def select_notebooks(
+    only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solutions: str = "none"
+) -> list[Path]:
+    """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06". `solutions` is
+    "none" (chapters only), "after" (each chapter followed by its exercise solutions, `solutions/NN_*.ipynb` under
+    `notebooks_dir`, if any) or "only" (the solutions of the selected chapters, without the chapters)."""
+    if solutions not in SOLUTIONS_MODES:
+        raise ValueError(f"solutions must be one of {SOLUTIONS_MODES}, got {solutions!r}")
     available = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
     by_number = {path.name[:2]: path for path in available}
     wanted = list(by_number)
@@ -150,8 +156,9 @@ def select_notebooks(only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solu
                 f"--only {only!r}: no notebook numbered {', '.join(unknown) or '(none given)'}; "
                 f"available: {', '.join(by_number)}"
             )
-    solved = sorted((notebooks_dir / "solutions").glob("[0-9][0-9]_*.ipynb")) if solutions else []
-    return [path for number in wanted for path in [by_number[number], *(s for s in solved if s.name[:2] == number)]]
+    solved = sorted((notebooks_dir / "solutions").glob("[0-9][0-9]_*.ipynb")) if solutions != "none" else []
+    chapters = {number: [by_number[number]] if solutions != "only" else [] for number in wanted}
+    return [path for number in wanted for path in [*chapters[number], *(s for s in solved if s.name[:2] == number)]]
 
 
 @contextmanager
@@ -408,9 +415,9 @@ def run_course(
     runs_dir: Path = RUNS_DIR,
     timeout_s: int = 1800,
     notebooks_dir: Path = NOTEBOOKS_DIR,
-    solutions: bool = False,
+    solutions: str = "none",
 ) -> int:
-    """Run the selected notebooks in order (each chapter followed by its exercise solutions when `solutions`) and
+    """Run the selected notebooks in order (with or without their exercise solutions, see `select_notebooks`) and
     write the report; return 0 if all passed, else 1."""
     import nbformat
 
@@ -451,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--update-notebooks", action="store_true", help="write outputs back into notebooks/")
     run.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run folders go (default: runs/)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default: 1800)")
-    run.add_argument("--solutions", action="store_true", help="run each chapter's exercise solutions after it")
+    run.add_argument("--solutions", choices=SOLUTIONS_MODES, default="none",
+                     help="exercise solutions: none (default), after each chapter, or only the solutions")  # fmt: skip
     sub.add_parser("list", help="print the course map")
     args = parser.parse_args(argv)
     if args.command == "list":
