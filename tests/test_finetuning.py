@@ -3,17 +3,17 @@ rank classification with a shared key-value cache, and adapters saved, merged an
 tiny random Llama with SmolLM2's tokenizer, so the tests take seconds."""
 
 import pytest
+import tiny_models
 import torch
 from peft import get_peft_model
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertForSequenceClassification
 
-from utils import assets
 from utils import finetuning as ft
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
+    return tiny_models.smollm2_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +22,7 @@ def data():
 
 
 def tiny_llama(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(tokenizer, seed, max_position_embeddings=1024, eos_token_id=tokenizer.eos_token_id)
 
 
 def test_speeches_drop_speakers_directions_and_headings():

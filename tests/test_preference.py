@@ -5,8 +5,9 @@ import json
 import math
 
 import pytest
+import tiny_models
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from utils import assets
 from utils import preference as pref
@@ -15,15 +16,11 @@ from utils.finetuning import lora_config
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
+    return tiny_models.smollm2_tokenizer()
 
 
 def tiny_llama(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(tokenizer, eos_token_id=tokenizer.eos_token_id)
 
 
 PAIRS = [{"prompt": "Next line?\n\nNow is the winter of our discontent", "chosen": "Made glorious summer by this sun",

@@ -7,10 +7,9 @@ arithmetic of scoring against a plain per-pair computation in seconds, without l
 import json
 
 import pytest
+import tiny_models
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from utils import assets
 from utils import prompting as P
 
 LABELS = ("comedy", "history", "tragedy")
@@ -19,15 +18,11 @@ POOL = [{"text": f"passage {i} about {label}", "label": label} for label in LABE
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
+    return tiny_models.smollm2_tokenizer()
 
 
 def make_tiny_llama(tokenizer):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+    return tiny_models.tiny_llama(tokenizer, max_position_embeddings=512, tie_word_embeddings=True)
 
 
 @pytest.fixture(scope="module")

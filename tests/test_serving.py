@@ -14,10 +14,9 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_models import tiny_classifier, tiny_generator
+from tiny_models import one_thread, tiny_classifier, tiny_generator  # noqa: F401 (a fixture)
 
 from utils import serving as S
 
@@ -25,14 +24,7 @@ BODY_LIMIT, QUEUE_LIMIT, MAX_BATCH = 4096, 6, 4
 ANSWERED = {200, 400, 406, 413, 415, 422}  # what a request may get; never a 5xx
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine threads that wait for each other at
-    every operator make them many times slower; restored afterwards for the other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see tiny_models.one_thread
 
 
 @pytest.fixture(scope="module")

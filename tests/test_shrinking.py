@@ -5,7 +5,7 @@ byte counts match the model's parameters."""
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_classifier, tiny_generator
+from tiny_models import one_thread, tiny_classifier, tiny_generator  # noqa: F401 (a fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from utils import decoding as D
@@ -13,15 +13,7 @@ from utils import genre_classifier as G
 from utils import shrinking as Z
 from utils.serving import load_handlers
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine threads that wait for each other at
-    every operator make them many times slower; restored afterwards for the other tests."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, see tiny_models.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
@@ -23,6 +24,32 @@ GENRES = ["comedy", "history", "tragedy"]
 _BUILT: dict[str, Path] = {}  # one build per kind and limits per test process
 _ROOT = Path(tempfile.mkdtemp(prefix="tiny-models-"))
 atexit.register(shutil.rmtree, _ROOT, True)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine threads that wait for each other at
+    every operator make them many times slower; restored afterwards for the other tests. A test module imports it
+    with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def smollm2_tokenizer():
+    """SmolLM2's real tokenizer (vocabulary, chat template, pad and EOS ids) from the asset cache."""
+    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
+
+
+def tiny_llama(tokenizer, seed: int = 0, **config) -> LlamaForCausalLM:
+    """A random 2-layer, 32-wide Llama in eval mode with `tokenizer`'s vocabulary and pad id; `config` adds or
+    overrides LlamaConfig fields (EOS id, context, tied embeddings)."""
+    torch.manual_seed(seed)
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2}  # fmt: skip
+    base = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **shape}
+    return LlamaForCausalLM(LlamaConfig(**base | config)).eval()
 
 
 def tiny_generator(limits: dict[str, int] | None = None) -> Path:
@@ -42,13 +69,11 @@ def tiny_classifier() -> Path:
 
 def tiny_generator_folder(dest: Path, limits: dict[str, int] | None = None) -> Path:
     """A 2-layer, 32-wide Llama with SmolLM2's tokenizer and chat template, served as text-generation."""
-    torch.manual_seed(0)
     weights = dest.parent / f"{dest.name}-weights"
     tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
-    LlamaForCausalLM(config).save_pretrained(weights)
+    model = tiny_llama(tokenizer, pad_token_id=None, max_position_embeddings=1024, tie_word_embeddings=True,
+                       eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model.save_pretrained(weights)
     tokenizer.save_pretrained(weights)
     manifest = {"task": "text-generation", "max_input_tokens": 128, "max_new_tokens": 64, "default_new_tokens": 8,
                 "max_inputs": 4} | (limits or {})  # fmt: skip
