@@ -22,7 +22,7 @@ LAB_ENV := JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter$(if $(JUPYTER_CONFIG_PATH),:$(J
 
 help:
 	@echo "make doctor        will the course run here, and how long will it take? (works before setup)"
-	@echo "make course        run every notebook at laptop size; report in runs/<timestamp>/index.html"
+	@echo "make course        run every notebook and its exercise solutions at laptop size; report in runs/<timestamp>/index.html"
 	@echo "make test          lint, unit tests, every notebook at smoke size under nbval (what CI runs)"
 	@echo "make lab           JupyterLab with the course kernel registered (LAB_PORT=8888)"
 	@echo "make test-browser  notebook 00 run through JupyterLab in headless Chromium (not part of make test)"
@@ -35,7 +35,7 @@ doctor:
 	@$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m utils.doctor --python "$(PYTHON)" --port $(LAB_PORT)
 
 course: setup
-	$(BIN)/python -m utils.course run
+	$(BIN)/python -m utils.course run --solutions after
 
 test: setup lint unit notebooks
 

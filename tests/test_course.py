@@ -49,6 +49,16 @@ def test_select_notebooks_by_number_and_rejects_unknown(tmp_path):
         course.select_notebooks("03,09", tmp_path)
 
 
+def test_solutions_follow_the_chapter_they_solve(tmp_path):
+    for name in ("00_a.ipynb", "03_b.ipynb", "solutions/03_b_solutions.ipynb"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _write(tmp_path / name, new_code_cell("1"))
+    names = [p.name for p in course.select_notebooks(None, tmp_path, solutions="after")]
+    assert names == ["00_a.ipynb", "03_b.ipynb", "03_b_solutions.ipynb"]
+    assert [p.name for p in course.select_notebooks("3", tmp_path)] == ["03_b.ipynb"]
+    assert [p.name for p in course.select_notebooks("0,3", tmp_path, solutions="only")] == ["03_b_solutions.ipynb"]
+
+
 def test_clean_for_commit_drops_run_metadata_and_local_paths():
     nb = {
         "metadata": {"papermill": {"duration": 3}},

@@ -2,16 +2,37 @@
 COURSE_SMOKE, committed outputs free of errors and local paths, a story that leads, and short code cells."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SOLUTIONS = sorted((ROOT / "notebooks" / "solutions").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = CHAPTERS + SOLUTIONS
 
 
 def test_the_course_has_its_tour():
-    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_course_tour.ipynb"
+    assert CHAPTERS and CHAPTERS[0].name == "00_course_tour.ipynb"
+
+
+def _exercises(chapter: dict) -> list[str]:
+    """The numbered items of a chapter's Exercises section."""
+    text = "\n".join("".join(c["source"]) for c in chapter["cells"] if c["cell_type"] == "markdown")
+    section = re.split(r"^#+\s*Exercises?\s*$", text, flags=re.M | re.I)[-1]
+    return re.findall(r"^(\d+)\. ", section, flags=re.M)
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda path: path.stem)
+def test_a_solution_solves_every_exercise_of_its_chapter(solution):
+    chapter = ROOT / "notebooks" / solution.name.replace("_solutions", "")
+    assert chapter.exists(), f"{solution.name} must be named after its chapter: NN_<chapter stem>_solutions.ipynb"
+    nb = json.loads(solution.read_text())
+    text = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert f"](../{chapter.name})" in text, "link the chapter the exercises come from"
+    solved = re.findall(r"^## Exercise (\d+):", text, flags=re.M)
+    assert solved == _exercises(json.loads(chapter.read_text())), "one '## Exercise N:' section per exercise, in order"
 
 
 @pytest.fixture(params=NOTEBOOKS, ids=lambda path: path.stem)

@@ -37,6 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = ROOT / "notebooks"
 RUNS_DIR = ROOT / "runs"
+SOLUTIONS_MODES = ("none", "after", "only")  # see select_notebooks
 RECORD_FILE_ENV = "COURSE_RECORD_FILE"  # the runner points this at a per-notebook JSON file
 SMOKE_ENV = "COURSE_SMOKE"  # "1": notebooks run at smoke size
 
@@ -136,20 +137,28 @@ class NotebookResult:
     error: dict[str, Any] | None = None
 
 
-def select_notebooks(only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06"."""
+def select_notebooks(
+    only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solutions: str = "none"
+) -> list[Path]:
+    """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06". `solutions` is
+    "none" (chapters only), "after" (each chapter followed by its exercise solutions, `solutions/NN_*.ipynb` under
+    `notebooks_dir`, if any) or "only" (the solutions of the selected chapters, without the chapters)."""
+    if solutions not in SOLUTIONS_MODES:
+        raise ValueError(f"solutions must be one of {SOLUTIONS_MODES}, got {solutions!r}")
     available = sorted(notebooks_dir.glob("[0-9][0-9]_*.ipynb"))
-    if not only:
-        return available
     by_number = {path.name[:2]: path for path in available}
-    wanted = [part.strip().zfill(2) for part in only.split(",") if part.strip()]
-    unknown = [number for number in wanted if number not in by_number]
-    if unknown or not wanted:
-        raise SystemExit(
-            f"--only {only!r}: no notebook numbered {', '.join(unknown) or '(none given)'}; "
-            f"available: {', '.join(by_number)}"
-        )
-    return [by_number[number] for number in dict.fromkeys(wanted)]
+    wanted = list(by_number)
+    if only:
+        wanted = list(dict.fromkeys(part.strip().zfill(2) for part in only.split(",") if part.strip()))
+        unknown = [number for number in wanted if number not in by_number]
+        if unknown or not wanted:
+            raise SystemExit(
+                f"--only {only!r}: no notebook numbered {', '.join(unknown) or '(none given)'}; "
+                f"available: {', '.join(by_number)}"
+            )
+    solved = sorted((notebooks_dir / "solutions").glob("[0-9][0-9]_*.ipynb")) if solutions != "none" else []
+    chapters = {number: [by_number[number]] if solutions != "only" else [] for number in wanted}
+    return [path for number in wanted for path in [*chapters[number], *(s for s in solved if s.name[:2] == number)]]
 
 
 @contextmanager
@@ -406,15 +415,17 @@ def run_course(
     runs_dir: Path = RUNS_DIR,
     timeout_s: int = 1800,
     notebooks_dir: Path = NOTEBOOKS_DIR,
+    solutions: str = "none",
 ) -> int:
-    """Run the selected notebooks in order and write the report; return 0 if all passed, else 1."""
+    """Run the selected notebooks in order (with or without their exercise solutions, see `select_notebooks`) and
+    write the report; return 0 if all passed, else 1."""
     import nbformat
 
     from utils.machine import describe_machine, measure_matmul_throughput
 
     if update_notebooks and smoke:
         raise SystemExit("--update-notebooks writes default-size outputs; drop --smoke to use it")
-    notebooks = select_notebooks(only, notebooks_dir)
+    notebooks = select_notebooks(only, notebooks_dir, solutions)
     stamp = datetime.now().strftime("%Y-%m-%dT%H-%M-%S") + ("-smoke" if smoke else "")
     run_dir = runs_dir / stamp
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -447,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--update-notebooks", action="store_true", help="write outputs back into notebooks/")
     run.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run folders go (default: runs/)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default: 1800)")
+    run.add_argument("--solutions", choices=SOLUTIONS_MODES, default="none",
+                     help="exercise solutions: none (default), after each chapter, or only the solutions")  # fmt: skip
     sub.add_parser("list", help="print the course map")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -455,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.timeout <= 0:
         parser.error("--timeout must be a positive number of seconds")
-    return run_course(args.smoke, args.only, args.update_notebooks, args.runs_dir, args.timeout)
+    return run_course(args.smoke, args.only, args.update_notebooks, args.runs_dir, args.timeout,
+                      solutions=args.solutions)
 
 
 if __name__ == "__main__":
