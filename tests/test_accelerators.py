@@ -60,3 +60,22 @@ def test_accelerator_specs_are_consistent_with_the_instances():
     for instance in (*CLOUD_INSTANCES, *INFERENCE_INSTANCES):
         assert by_name[instance.accelerator].bf16_tflops * 1e12 == instance.peak_flops_per_device
     assert all(spec.fp8_tflops is None or spec.fp8_tflops >= spec.bf16_tflops for spec in ACCELERATOR_SPECS)
+
+
+def test_sagemaker_instance_has_the_hardware_of_its_ec2_type_and_only_the_price_it_is_given():
+    from utils.accelerators import SAGEMAKER_PRICING, sagemaker_instance
+
+    unpriced = sagemaker_instance("ml.p5.48xlarge")
+    assert (unpriced.devices, unpriced.peak_flops_per_device) == (P5.devices, P5.peak_flops_per_device)
+    assert unpriced.hourly_price_usd is None and SAGEMAKER_PRICING in unpriced.price_note
+    assert math.isnan(training_run_cost(1e21, unpriced)["cost_usd"])  # never silently EC2's price
+    priced = sagemaker_instance("ml.p5.48xlarge", 100.0, "read from the pricing page on 2026-11-28")
+    assert training_run_cost(8 * 989e12 * 3600, priced, mfu=1.0)["cost_usd"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="ml.p4d.24xlarge"):
+        sagemaker_instance("ml.p5.48xlarg")
+    with pytest.raises(ValueError):
+        sagemaker_instance("ml.p5.48xlarge", 0.0)
+
+
+def test_local_instance_names_the_precision_of_its_peak():
+    assert "fp32" in local_instance(190e9).accelerator and "bf16" in local_instance(700e9, dtype="bf16").accelerator

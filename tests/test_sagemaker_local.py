@@ -1,25 +1,20 @@
-"""The training program run under the real SageMaker training toolkit, in an /opt/ml-shaped folder."""
+"""The training program run under the real SageMaker training toolkit, and under SageMaker SDK v3 ModelTrainer's own
+container scripts, in an /opt/ml-shaped folder."""
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
+from conftest import TINY as TINY_SETTINGS
 
-from utils import loaders
 from utils import sagemaker_local as L
+from utils import train as T
+from utils import train_settings as S
 
-TINY = {"layers": 1, "width": 32, "heads": 2, "batch-size": 4, "log-every": 1, "peak-flops": 1e11, "lr": 3e-3}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("shards")
-    rng = np.random.default_rng(0)
-    docs = [((rng.integers(99) + np.arange(rng.integers(10, 60))) % 99 + 1).tolist() + [0] for _ in range(300)]
-    loaders.write_token_shards(docs, folder, block=16, vocab_size=100, blocks_per_shard=200)
-    return folder
+TINY = S.hyperparameters(S.TrainSettings(**TINY_SETTINGS))  # as SageMaker hyperparameters: {"batch-size": 4, ...}
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +73,13 @@ def test_a_failing_entry_point_reports_its_failure(tmp_path, shards, source):
     assert any("must be a multiple of --heads" in line for line in job.log)  # what the job's log says
 
 
+def test_script_mode_sources_carry_the_requirements_the_trials_install(tmp_path, source):
+    assert not (source / "requirements.txt").exists()  # the toolkit here would pip-install it (the network)
+    tuning = L.stage_source(tmp_path / "tuning", script_mode=True)
+    assert (tuning / "requirements.txt").read_text() == (source / "requirements-container.txt").read_text()
+    assert "transformers==" in (tuning / "requirements.txt").read_text()
+
+
 def test_bad_job_folders_fail_before_running(tmp_path, shards, source):
     with pytest.raises(FileNotFoundError, match="stage_source"):
         L.write_job_folder(tmp_path, tmp_path, {"training": shards}, {})
@@ -88,9 +90,15 @@ def test_bad_job_folders_fail_before_running(tmp_path, shards, source):
 
 
 def test_metric_regexes_scrape_the_programs_lines():
-    found = L.scrape_metrics(["step=3; loss=4.25; lr=0.0003; tokens_per_s=1.2e+04; mfu=0.41;", "other text"])
-    assert found == {"train:loss": [4.25], "train:lr": [0.0003], "train:tokens_per_second": [12000.0],
-                     "train:mfu": [0.41]}  # fmt: skip
+    lines = ["step=3; loss=4.25; lr=0.0003; grad_norm=0.5; tokens_per_s=1.2e+04; mfu=0.41;", "step=3; val_loss=4.5;"]
+    assert L.scrape_metrics(lines) == {
+        "train:loss": [4.25],
+        "train:lr": [0.0003],
+        "train:grad_norm": [0.5],
+        "train:tokens_per_second": [12000.0],
+        "train:mfu": [0.41],
+        "validation:loss": [4.5],
+    }
 
 
 def test_the_command_modeltrainers_torchrun_driver_builds_trains(tmp_path, shards, source):
@@ -98,14 +106,110 @@ def test_the_command_modeltrainers_torchrun_driver_builds_trains(tmp_path, shard
     command as the container would (code folder as working directory, SM_* variables set)."""
     from utils import sagemaker_jobs as J
 
-    hyperparameters = TINY | {"steps": 3, "strategy": "ddp", "compile": False, "activation-checkpointing": True,
-                              "checkpoint-dir": str(tmp_path / "checkpoints")}  # fmt: skip
+    hyperparameters = TINY | {
+        "steps": 3,
+        "strategy": "ddp",
+        "compile": False,
+        "activation-checkpointing": True,
+        "checkpoint-dir": str(tmp_path / "checkpoints"),
+    }
     with J.offline_sagemaker() as aws:
         trainer = J.gpt_trainer(aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=2)
         command = J.driver_command(trainer)
     assert command[:4] == ["torchrun", "--nnodes=1", "--nproc_per_node=2", "train.py"] and "false" in command
-    env = L.job_environment(tmp_path) | {"SM_CHANNEL_TRAINING": str(shards), "SM_MODEL_DIR": str(tmp_path / "model"),
-                                         "SM_HPS": json.dumps(hyperparameters)}  # fmt: skip
+    env = L.job_environment(tmp_path) | {
+        "SM_CHANNEL_TRAINING": str(shards),
+        "SM_MODEL_DIR": str(tmp_path / "model"),
+        "SM_HPS": json.dumps(hyperparameters),
+    }
     done = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training: 2 rank(s)" in done.stdout and (tmp_path / "model" / "model" / "model.safetensors").exists()
+
+
+def modeltrainer_container(folder: Path, source: Path, shards: Path, hyperparameters: dict, command: bool) -> tuple:
+    """A ModelTrainer job for the course's program, created under moto exactly as notebook 08 creates it (the SDK
+    writes its sm_train.sh and uploads its drivers), with `SourceCode(command=container_command(1))` when `command`;
+    returns (the CreateTrainingJob request, {channel: local folder}) with every channel downloaded from the
+    emulated S3, as SageMaker would download them into the container."""
+    import boto3
+
+    from utils import sagemaker_jobs as J
+
+    with J.offline_sagemaker() as aws:
+        trainer = J.gpt_trainer(
+            aws, source, hyperparameters, instance_type="ml.m5.xlarge", processes_per_host=1, install_requirements=False
+        )
+        if command:
+            trainer.source_code.command = L.container_command(1)
+        J.start_training(trainer, J.upload_channel(aws, shards, "course/shards"))
+        request = aws.last_request("CreateTrainingJob")
+        s3, channels = boto3.client("s3"), {}
+        for channel in request["InputDataConfig"]:
+            bucket, prefix = channel["DataSource"]["S3DataSource"]["S3Uri"][len("s3://") :].split("/", 1)
+            channels[channel["ChannelName"]] = folder / "channels" / channel["ChannelName"]
+            for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]:
+                target = channels[channel["ChannelName"]] / item["Key"][len(prefix) :].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                s3.download_file(bucket, item["Key"], str(target))
+    return request, channels
+
+
+def run_container(base: Path, request: dict, channels: dict, stop_at: str | None = None, grace: float = 60) -> tuple:
+    """Start the job's container on `base`; `docker stop` it when a log line starts with `stop_at`. Returns
+    (exit status, log lines, whether the stop needed SIGKILL)."""
+    L.write_container_folder(base, request, channels)
+    process = L.start_container(base, request)
+    lines, killed = [], False
+    for line in process.stdout:
+        lines.append(line.rstrip("\n"))
+        if stop_at and line.startswith(stop_at):
+            killed = L.stop_container(process, grace_seconds=grace)
+    return process.wait(timeout=300), lines, killed
+
+
+needs_namespaces = pytest.mark.skipif(L.container_support() is not None, reason=str(L.container_support()))
+
+
+@needs_namespaces
+def test_sigterm_reaches_the_program_through_modeltrainers_own_scripts_and_it_resumes_exactly(tmp_path, shards, source):
+    """The course's command (`exec torchrun ...`) in the SDK's own sm_train.sh: torchrun becomes the container's
+    PID 1, `docker stop`'s SIGTERM reaches the rank, which checkpoints; the restarted container resumes, and its
+    losses equal an uninterrupted run's bit for bit."""
+    settings = S.TrainSettings(**TINY_SETTINGS, steps=12, checkpoint_every=0)
+    request, channels = modeltrainer_container(tmp_path, source, shards, S.hyperparameters(settings), command=True)
+    assert "exec torchrun" in (channels["sm_drivers"] / "sm_train.sh").read_text()
+    base = tmp_path / "opt_ml"
+    status, log, killed = run_container(base, request, channels, stop_at="step=3;")
+    saved = [line for line in log if line.startswith("SIGTERM: checkpoint saved at step")]
+    assert status != 0 and saved and not killed, log[-20:]
+    assert any("Process 1 got signal: 15" in line for line in log)  # torchrun was the container's PID 1
+    stopped_at = int(saved[0].split("step ")[1].split(";")[0])
+    assert [p.name for p in (base / "checkpoints").iterdir()] == [f"step-{stopped_at:07d}"]
+    status, log, _ = run_container(base, request, channels)
+    assert status == 0 and any(line.endswith(f"resumed from step {stopped_at}") for line in log), log[-20:]
+    resumed = [json.loads(line) for line in (base / "model" / "metrics.jsonl").read_text().splitlines()]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the container (OMP_NUM_THREADS=1), so the reference agrees bit for bit
+    try:
+        assert (
+            T.main(S.command_line(dataclasses.replace(settings, data=str(shards), output=str(tmp_path / "ref")))) == 0
+        )
+    finally:
+        torch.set_num_threads(threads)
+    reference = {row["step"]: row["loss"] for row in map(json.loads, (tmp_path / "ref" / "metrics.jsonl").open())}
+    assert [row["step"] for row in resumed] == list(range(stopped_at + 1, 13))
+    assert all(row["loss"] == reference[row["step"]] for row in resumed)
+
+
+@needs_namespaces
+def test_the_sdks_default_scripts_drop_sigterm(tmp_path, shards, source):
+    """Why the course's command is needed: with the SDK's default (`entry_script` + `Torchrun`), PID 1 is the SDK's
+    shell, which has no SIGTERM handler, so the kernel drops `docker stop`'s signal; after the grace period SIGKILL
+    ends everything and nothing was saved on the way out."""
+    settings = S.TrainSettings(**TINY_SETTINGS, steps=5000, checkpoint_every=0)
+    request, channels = modeltrainer_container(tmp_path, source, shards, S.hyperparameters(settings), command=False)
+    status, log, killed = run_container(tmp_path / "opt_ml", request, channels, stop_at="step=3;", grace=3)
+    assert status != 0 and killed and any("torchrun_driver.py" in line for line in log)
+    assert not any(line.startswith("SIGTERM") for line in log)
+    assert list((tmp_path / "opt_ml" / "checkpoints").iterdir()) == []

@@ -1,6 +1,8 @@
 """Sizing calculators against transformers models built on the meta device (no memory), and the FLOP and
 memory arithmetic by hand."""
 
+import math
+
 import pytest
 import torch
 from transformers import (
@@ -20,6 +22,7 @@ from utils.sizing import (
     decoder_parameters,
     encoder_decoder_parameters,
     encoder_parameters,
+    gpt_shape_for,
     matmul_weights,
     model_flops_utilisation,
     model_state_bytes_per_device,
@@ -169,3 +172,13 @@ def test_training_time():
     assert training_time_seconds(1e18, devices=2, peak_flops_per_device=1e15, mfu=0.5) == 1000
     with pytest.raises(ValueError, match="fraction"):
         training_time_seconds(1e18, 1, 1e15, 1.5)
+
+
+def test_gpt_shape_for_a_parameter_count():
+    shape = gpt_shape_for(124e6, 50257, 1024)  # GPT-2 small's ratio of width to depth is 64
+    assert (shape.layers, shape.width, shape.heads, shape.ffn) == (12, 768, 12, 3072)
+    for target, vocab in ((3e5, 1024), (1e9, 32000), (7e10, 32000)):
+        shape = gpt_shape_for(target, vocab, 2048, aspect_ratio=128)
+        assert abs(math.log(matmul_weights(shape) / target)) < 0.3 and shape.width % 64 == 0
+    with pytest.raises(ValueError):
+        gpt_shape_for(0, 1000, 64)

@@ -4,8 +4,12 @@ Defined for notebook 02 (book chapter 3: how long and how expensive a run will b
 accelerators) reuses the table. Depends on `utils.sizing` (training_time_seconds) only.
 
 Prices move (AWS cut P4d and P5 on-demand prices by up to 33% and 45% in June 2025), so every price here is the
-launch list price with its date and source, to be replaced by today's figure from
+EC2 launch list price with its date and source, to be replaced by today's figure from
 https://aws.amazon.com/ec2/pricing/on-demand/ before planning real money. Pass your own `Instance` for anything else.
+
+A SageMaker job rents `ml.*` instances, which SageMaker bills at its own per-instance-hour rates (listed per region on
+its pricing page, SAGEMAKER_PRICING), above EC2's on-demand rate for the same hardware. No dated copy of those rates
+is recorded here: `sagemaker_instance` gives the hardware of an `ml.*` type and takes its price from you.
 """
 
 from __future__ import annotations
@@ -56,11 +60,30 @@ INF2 = Instance(
 INFERENCE_INSTANCES = (INF2,)  # notebook 04 compares them; chapter 12 serves on them
 
 
-def local_instance(measured_peak_flops: float, name: str = "this machine") -> Instance:
-    """The machine the notebook runs on, with a peak measured by `utils.machine.measure_matmul_throughput`."""
+SAGEMAKER_PRICING = "https://aws.amazon.com/sagemaker-ai/pricing/"  # on-demand rates per ml.* type, per region
+
+
+def sagemaker_instance(instance_type: str, hourly_price_usd: float | None = None, price_note: str = "") -> Instance:
+    """The SageMaker instance type `instance_type` (e.g. "ml.p5.48xlarge") as an `Instance`: the accelerators of the
+    EC2 instance it runs on, at SageMaker's own on-demand price if you pass it (with its date and source as
+    `price_note`). Without a price the instance is unpriced (costs come out NaN) and its note says where to look:
+    SageMaker's rate is not EC2's, so an EC2 price would understate the bill."""
+    hardware = {f"ml.{i.name}": i for i in (*CLOUD_INSTANCES, *INFERENCE_INSTANCES)}
+    if instance_type not in hardware:
+        raise ValueError(f"{instance_type!r} is not one of {sorted(hardware)}; build an Instance for other types")
+    if hourly_price_usd is not None and hourly_price_usd <= 0:
+        raise ValueError(f"hourly_price_usd must be positive, got {hourly_price_usd}")
+    ec2 = hardware[instance_type]
+    note = price_note or f"SageMaker price not recorded here; SageMaker's own rate (not EC2's): {SAGEMAKER_PRICING}"
+    return Instance(instance_type, ec2.accelerator, ec2.devices, ec2.peak_flops_per_device, hourly_price_usd, note)
+
+
+def local_instance(measured_peak_flops: float, name: str = "this machine", dtype: str = "fp32") -> Instance:
+    """The machine the notebook runs on, with a peak measured by `utils.machine.measure_matmul_throughput` in
+    `dtype` (say which: an MFU against an fp32 peak is not comparable with one against a bf16 datasheet peak)."""
     if measured_peak_flops <= 0:
         raise ValueError(f"measured peak must be positive FLOP/s, got {measured_peak_flops}")
-    return Instance(name, "CPU (measured fp32 matmul)", 1, measured_peak_flops, None, "peak measured in this run")
+    return Instance(name, f"CPU (measured {dtype} matmul)", 1, measured_peak_flops, None, "peak measured in this run")
 
 
 def training_run_cost(flops: float, instance: Instance, instances: int = 1, mfu: float = 0.4) -> dict[str, float]:

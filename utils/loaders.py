@@ -30,12 +30,17 @@ class ShardError(ValueError):
     """A token shard or its index is missing, truncated or altered; the message names the file and the fix."""
 
 
-def training_data_dir(default: str | Path) -> Path:
-    """Where the training data lives: SageMaker's training channel folder when `SM_CHANNEL_TRAINING` is set
-    (File and FastFile modes both present it as a local path), else `default`. Raises if the folder is missing."""
-    path = Path(os.environ.get(SM_CHANNEL_TRAINING) or default)
+def training_data_dir(default: str | Path | None = None, explicit: str | Path | None = None) -> Path:
+    """Where the training data lives, in the training program's order of precedence: `explicit` (a folder the user
+    named, e.g. with `--data`), else SageMaker's training channel folder when `SM_CHANNEL_TRAINING` is set (File and
+    FastFile modes both present it as a local path), else `default`. Raises ShardError if the folder is missing."""
+    channel = os.environ.get(SM_CHANNEL_TRAINING)
+    source = "the folder given" if explicit else f"${SM_CHANNEL_TRAINING}" if channel else "the default"
+    chosen = explicit or channel or default
+    if chosen is None:
+        raise ShardError(f"no training data folder: name one, or set ${SM_CHANNEL_TRAINING}")
+    path = Path(chosen)
     if not path.is_dir():
-        source = f"${SM_CHANNEL_TRAINING}" if os.environ.get(SM_CHANNEL_TRAINING) else "the default"
         raise ShardError(f"training data folder {path} (from {source}) does not exist; write the shards first")
     return path
 
@@ -469,3 +474,23 @@ class AugmentedImages(Dataset):
             grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
             image = F.grid_sample(image[None], grid, align_corners=False, padding_mode="zeros")[0]
         return image, self.labels[i]
+
+
+def write_text_shards(
+    texts: Sequence[str],
+    tokenizer: Any,
+    out_dir: str | Path,
+    block: int,
+    vocab_size: int | None = None,
+    blocks_per_shard: int = 1024,
+) -> dict[str, Any]:
+    """Tokenize `texts` with a transformers tokenizer (one batched call, no special tokens added), end each with the
+    tokenizer's EOS token and write them as packed token shards (`write_token_shards`); returns the index.
+
+    `vocab_size` defaults to `len(tokenizer)`; pass the model's vocabulary when it is larger. Notebooks 04, 05, 08
+    and 09 and the benchmarks build their training data with it (book chapters 4 to 9)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: set tokenizer.eos_token, documents are separated by it")
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    documents = [row + [tokenizer.eos_token_id] for row in ids]
+    return write_token_shards(documents, out_dir, block, vocab_size or len(tokenizer), blocks_per_shard)

@@ -35,13 +35,17 @@ def small_gpt(
     heads: int = 4,
     eos_token_id: int = 0,
     dropout: float = 0.0,
+    activation: str = "gelu_new",
 ) -> GPT2LMHeadModel:
     """A GPT-2-style decoder for causal language modelling (predict token t+1 from tokens <= t).
 
-    GPT-2 small: vocab 50,257, context 1,024, 12 layers, width 768, 12 heads (Radford et al., 2019).
+    GPT-2 small: vocab 50,257, context 1,024, 12 layers, width 768, 12 heads (Radford et al., 2019). `activation`:
+    GPT-2's `gelu_new` (tanh approximation as a chain of elementwise operations) or `gelu_pytorch_tanh`, the same
+    function as one fused kernel (faster; notebook 09 measures both; the training program uses it).
     """
     config = GPT2Config(
         vocab_size=vocab_size, n_positions=context, n_layer=layers, n_embd=width, n_head=heads,
+        activation_function=activation,
         resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,  # no pad token, as in GPT-2: packed windows are never padded
     )  # fmt: skip

@@ -16,7 +16,7 @@ Two modes, one code path. `connect()` looks for AWS credentials:
   `utils.sagemaker_local` for that).
 
 Every request is recorded (`Connection.requests`) as the JSON botocore sends, so notebooks print and tests
-snapshot them. Depends on `utils.sagemaker_local` (the staged source folder and the metric regexes).
+snapshot them. Depends on `utils.train_settings` (the metric regexes of the training program).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import boto3
 import botocore.exceptions
 import botocore.session
 
-from utils.sagemaker_local import METRIC_DEFINITIONS
+from utils.train_settings import METRIC_DEFINITIONS
 
 ROLE_VARIABLE = "SAGEMAKER_ROLE_ARN"
 DEFAULT_REGION = "us-east-1"

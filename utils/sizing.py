@@ -8,6 +8,7 @@ Parameter counts equal `sum(p.numel() for p in model.parameters())` of the match
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,6 +128,23 @@ def matmul_weights(shape: TransformerShape) -> int:
     attention = d * inner + 2 * d * kv + inner * d
     ffn = (3 if shape.gated_ffn else 2) * d * shape.ffn
     return shape.layers * (attention + ffn) + shape.vocab_size * d
+
+
+def gpt_shape_for(
+    parameters: float, vocab_size: int, context: int, aspect_ratio: int = 64, head_dim: int = 64
+) -> TransformerShape:
+    """A GPT-2-style decoder (feed-forward 4 x width, heads of `head_dim`, tied embeddings, learned positions) whose
+    `matmul_weights` come closest to `parameters`, with width about `aspect_ratio` x layers: the shape to price a
+    model that so far exists only as a parameter count (a scaling-law plan). GPT-2 small's ratio is 64 (768 / 12),
+    Llama-2-7B's 128; Kaplan et al. (2020, figure 5) found the loss within a few percent over ratios of about 20-200."""
+    if parameters <= 0 or aspect_ratio < 1 or head_dim < 1:
+        raise ValueError("parameters, aspect_ratio and head_dim must be positive")
+    candidates = []
+    for layers in range(1, 513):
+        width = max(head_dim, round(aspect_ratio * layers / head_dim) * head_dim)
+        shape = TransformerShape(vocab_size, width, layers, width // head_dim, 4 * width, context=context)
+        candidates.append((abs(math.log(matmul_weights(shape) / parameters)), layers, shape))
+    return min(candidates, key=lambda c: c[:2])[2]
 
 
 def training_flops_per_token(shape: TransformerShape, context: int, recompute_activations: bool = False) -> float:

@@ -1,0 +1,71 @@
+"""Measured cost of a block (time, peak resident memory), classification metrics, the bootstrap interval, the
+contamination check, Cohen's kappa and win rates."""
+
+import numpy as np
+import pytest
+
+from utils import evaluation as ev
+
+
+def test_measure_sees_a_temporary_allocation():
+    with ev.measure(interval=0.005) as usage:
+        block = np.ones(200 * 2**20 // 8)  # 200 MiB, touched so it is resident
+        del block
+    assert usage.seconds > 0
+    assert usage.added_mb > 150, usage  # the peak saw the array even though it was freed before the end
+    assert usage.peak_rss_mb >= usage.start_rss_mb
+
+
+def test_classification_metrics():
+    truth = ["comedy", "comedy", "history", "tragedy"]
+    labels = ["comedy", "history", "tragedy"]
+    metrics = ev.classification_metrics(truth, ["comedy", "history", "history", "tragedy"], labels)
+    assert metrics["accuracy"] == 0.75
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert metrics["confusion"].tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    with pytest.raises(ValueError, match="not in"):
+        ev.classification_metrics(["x"], ["comedy"], ["comedy"])
+    with pytest.raises(ValueError, match="equally many"):
+        ev.classification_metrics(["comedy"], [], ["comedy"])
+
+
+def test_bootstrap_interval_brackets_the_accuracy():
+    correct = [True] * 60 + [False] * 30
+    low, high = ev.bootstrap_interval(correct)
+    assert low < 2 / 3 < high and 0.1 < high - low < 0.3
+    assert ev.bootstrap_interval([True] * 5) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="no outcomes"):
+        ev.bootstrap_interval([])
+
+
+def test_contamination_report_finds_planted_copies():
+    train = ["Now is the winter of our discontent made glorious summer by this sun of York",
+             "If music be the food of love, play on; give me excess of it"]  # fmt: skip
+    test = ["now is the WINTER of our discontent, made glorious summer by this sun of york",  # exact after normalising
+            "If music be the food of love play on and on and on",  # shares an 8-gram, and most of its 8-grams
+            "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar"]  # clean
+    report = ev.contamination_report(train, test, n=8)
+    assert report["exact"]["indices"] == [0]
+    assert report["ngram"]["indices"] == [0, 1]
+    assert report["near"]["indices"] == [0]  # test 1 shares 1 of its 5 8-grams: not a near duplicate at 0.5
+    assert ev.contamination_report(train, test, n=8, near=0.2)["near"]["indices"] == [0, 1]
+    assert report["ngram"]["fraction"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="need training and test"):
+        ev.contamination_report([], test)
+
+
+def test_cohens_kappa():
+    assert ev.cohens_kappa(["a", "b", "a", "b"], ["a", "b", "a", "b"]) == 1.0
+    # observed agreement 0.5, chance agreement 0.5 (both raters split 50/50): kappa 0
+    assert ev.cohens_kappa(["a", "a", "b", "b"], ["a", "b", "a", "b"]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="same items"):
+        ev.cohens_kappa(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="undefined"):
+        ev.cohens_kappa(["a", "a"], ["a", "a"])
+
+
+def test_win_rate_counts_ties_as_half():
+    result = ev.win_rate([3, 1, 2, 2], [1, 2, 2, 0])
+    assert result == {"win_rate": 0.625, "wins": 2, "ties": 1, "losses": 1}
+    with pytest.raises(ValueError, match="one candidate and one baseline"):
+        ev.win_rate([1, 2], [1])

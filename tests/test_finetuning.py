@@ -1,0 +1,169 @@
+"""The genre dataset, chat formatting with the prompt masked out of the loss (checked against trl's SFTTrainer),
+rank classification with a shared key-value cache, and adapters saved, merged and reloaded unchanged. Models are a
+tiny random Llama with SmolLM2's tokenizer, so the tests take seconds."""
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from utils import assets
+from utils import finetuning as ft
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(assets.smollm2_dir())
+
+
+@pytest.fixture(scope="module")
+def data():
+    return ft.genre_dataset(per_genre={"train": 12, "validation": 3, "test": 6}, words=24)
+
+
+def tiny_llama(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def test_speeches_drop_speakers_directions_and_headings():
+    play = ("ACT I.\n\nScene I. A room.\n\n[Enter Bernardo.]\n\n"
+            "Ber.\nWho's there? [Aside.]\nStand.\n\nTHESEUS\nSo be it.\n")
+    assert ft.spoken_lines(play) == [["Who's there?", "Stand."], ["So be it."]]
+    assert ft.play_passages(play, words=3) == ["Who's there?\nStand.", "So be it."]
+    assert ft.play_passages(play, words=4) == ["Who's there?\nStand.\nSo be it."]
+    assert ft.play_passages(play, words=7) == []  # an incomplete tail is dropped
+    with pytest.raises(ft.DatasetError, match="at least one word"):
+        ft.play_passages(play, 0)
+
+
+def test_splits_are_whole_plays_balanced_by_genre(data):
+    plays = {split: {e["play"] for e in rows} for split, rows in data.items()}
+    assert not plays["train"] & plays["test"] and not plays["train"] & plays["validation"]
+    assert plays["test"] == set(ft.TEST_PLAYS)
+    for split, rows in data.items():
+        counts = {g: sum(e["label"] == g for e in rows) for g in ft.GENRES}
+        assert len(set(counts.values())) == 1, (split, counts)
+        assert all(ft.FOLIO_GENRES[e["play"]] == e["label"] for e in rows)
+    assert ft.genre_dataset(per_genre={"train": 12, "validation": 3, "test": 6}, words=24) == data  # seeded
+
+
+def test_bad_requests_name_the_fix():
+    with pytest.raises(ft.DatasetError, match="asked for test"):
+        ft.genre_dataset(per_genre={"train": 3, "validation": 3, "test": 100_000})
+    with pytest.raises(ft.DatasetError, match="lacks"):
+        ft.genre_dataset(texts={"hamlet_gut": "..."})
+    with pytest.raises(ft.DatasetError, match="not a First Folio play"):
+        ft.split_of_play("sonnets_gut")
+    with pytest.raises(ft.DatasetError, match="not one of"):
+        ft.genre_messages("Some text", "romance")
+    with pytest.raises(ft.DatasetError, match="empty"):
+        ft.genre_messages("  ")
+    with pytest.raises(ValueError, match="rank"):
+        ft.lora_config(rank=0)
+
+
+def test_chat_template_and_prompt_mask(tokenizer):
+    example = ft.tokenize_example(tokenizer, "To be, or not to be", "tragedy")
+    text = tokenizer.decode(example["input_ids"])
+    assert text == (f"<|im_start|>system\n{ft.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nTo be, or not to be"
+                    "<|im_end|>\n<|im_start|>assistant\ntragedy<|im_end|>\n")  # fmt: skip
+    answer = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(answer) == "tragedy<|im_end|>\n"
+    first = example["labels"].index(answer[0])
+    assert all(label == -100 for label in example["labels"][:first])
+    batch = ft.pad_batch([example, ft.tokenize_example(tokenizer, "Hi", "comedy")], tokenizer.pad_token_id)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][1].sum() < batch["attention_mask"][0].sum()
+    assert (batch["labels"][1][batch["attention_mask"][1] == 0] == -100).all()
+
+
+def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
+    trainer = ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, steps=1, lr=1e-3,
+                             batch_size=2)  # fmt: skip
+    assert trainer.args.bf16 == ft.bf16_available()  # trl's default, bf16 autocast, would apply on CPUs too
+    batch = next(iter(trainer.get_train_dataloader()))
+    ours = {tuple(x["input_ids"]): x["labels"]
+            for x in (ft.tokenize_example(tokenizer, e["text"], e["label"]) for e in data["train"][:2])}  # fmt: skip
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+        length = int(mask.sum())
+        assert labels[:length].tolist() == ours[tuple(ids[:length].tolist())]
+
+
+def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
+    model = tiny_llama(tokenizer)
+    shots = data["train"][:2]
+    parts = [ft.prompt_parts(tokenizer, e["text"], shots) for e in data["test"][:3]]
+    completions = [g + tokenizer.eos_token for g in ft.GENRES]
+    cached = ft.completion_logprobs(model, tokenizer, [s for _, s in parts], completions, prefix=parts[0][0],
+                                    batch_size=2)  # fmt: skip
+    for row, (prefix, suffix) in enumerate(parts):
+        for col, completion in enumerate(completions):
+            ids = tokenizer(prefix + suffix + completion, add_special_tokens=False, return_tensors="pt").input_ids
+            n = len(tokenizer(completion, add_special_tokens=False).input_ids)
+            with torch.no_grad():
+                logps = model(input_ids=ids, logits_to_keep=n + 1).logits[0, :-1].log_softmax(-1)
+            expected = logps.gather(-1, ids[0, -n:, None]).sum()
+            assert cached[row, col] == pytest.approx(expected.item(), abs=1e-4)
+    labels, probs = ft.classify(model, tokenizer, [e["text"] for e in data["test"][:4]])
+    assert probs.shape == (4, 3) and torch.allclose(probs.sum(-1), torch.ones(4))
+    assert set(labels) <= set(ft.GENRES)
+
+
+def test_adapter_save_merge_reload_equal(tokenizer, tmp_path, monkeypatch):
+    base = tiny_llama(tokenizer)
+    config = ft.lora_config(rank=4)
+    config.init_lora_weights = False  # random B, so the adapter changes the output
+    model = get_peft_model(base, config).eval()
+    assert 0 < ft.count_trainable(model) < sum(p.numel() for p in model.parameters())
+    ids = torch.tensor([tokenizer("Now is the winter of our discontent").input_ids])
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            plain = model(input_ids=ids).logits
+    assert not torch.allclose(adapted, plain)
+    folder = ft.save_adapter(model, tokenizer, tmp_path / "adapter", {"settings": {"rank": 4}})
+    assert ft.adapter_info(folder)["settings"] == {"rank": 4}
+    assert not (tmp_path / "adapter.partial").exists()
+    monkeypatch.setattr(ft.assets, "load_smollm2", lambda device="cpu": (tiny_llama(tokenizer), tokenizer))
+    reloaded, _ = ft.load_genre_adapter(folder)
+    merged, _ = ft.load_genre_adapter(folder, merge=True)
+    assert not hasattr(merged, "peft_config")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=ids).logits, adapted, atol=1e-5)
+        assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="train_genre_adapter"):
+        ft.adapter_info(tmp_path / "nothing")
+
+
+def test_fit_classifier_learns_a_separable_task_and_predicts():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, num_labels=2)  # fmt: skip
+    model = BertForSequenceClassification(config)
+    labels = torch.arange(64) % 2
+    inputs = {"input_ids": torch.stack([torch.full((4,), 3 + int(y)) for y in labels])}  # token 3 or 4 says the class
+    losses = ft.fit_classifier(model, inputs, labels, steps=15, lr=3e-2, batch_size=16)
+    assert len(losses) == 15 and losses[-1] < losses[0]
+    assert (ft.predict_classes(model, inputs, batch_size=10) == labels).all()
+    with pytest.raises(ValueError, match="one row per label"):
+        ft.fit_classifier(model, {"input_ids": inputs["input_ids"][:3]}, labels, steps=1, lr=1e-3)
+
+
+def test_splits_round_trip_and_bad_files_name_the_line(data, tmp_path):
+    folder = ft.write_splits(data, tmp_path / "splits")
+    assert ft.read_splits(folder, ("train", "test")) == {"train": data["train"], "test": data["test"]}
+    (folder / "train.jsonl").write_text('{"text": "Some words", "label": "romance"}\n')
+    with pytest.raises(ft.DatasetError, match=r"train.jsonl:1: needs a non-empty text and a label"):
+        ft.read_splits(folder, ("train",))
+    with pytest.raises(ft.DatasetError, match="missing"):
+        ft.read_splits(tmp_path, ("train",))
+
+
+def test_command_line_rejects_bad_settings(capsys):
+    with pytest.raises(SystemExit):
+        ft.main(["--steps", "0"])
+    assert "must be positive" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+"""How fast a causal language model generates, step by step, and the memory-bandwidth bound on it.
+
+Defined for notebook 12 (book chapter 12). Needs torch and transformers.
+
+Generating one token at batch size 1 reads every weight of the model once (the KV cache holds the earlier tokens'
+keys and values, so only the new token is computed), but does only about 2 FLOPs per weight: far too little
+arithmetic to keep a processor busy. Its speed is therefore bounded by memory bandwidth:
+
+    tokens/s  <=  bandwidth (bytes/s) / bytes read per token (weights + the KV cache so far)
+
+the "decode roofline" (the roofline model is Williams, Waterman & Patterson, 2009). A batch of B sequences reads
+the weights once for B tokens, which is why batching raises throughput until arithmetic becomes the limit.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+
+
+class _StepClock(LogitsProcessor):
+    """Notes the time whenever generate has computed a step's logits (once per generated token)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self.times.append(time.perf_counter())
+        return scores
+
+
+def step_times(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, use_cache: bool = True) -> dict[str, Any]:
+    """Greedy-generate exactly `new_tokens` tokens and time each step: "prefill_s" (the prompt's forward pass and
+    the first token) and "step_s" (one entry per further token). use_cache=False recomputes the whole sequence
+    at every step, which is what the KV cache saves."""
+    clock = _StepClock()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                       use_cache=use_cache, logits_processor=LogitsProcessorList([clock]),
+                       pad_token_id=model.generation_config.eos_token_id)  # fmt: skip
+    times = [start, *clock.times]
+    return {"prefill_s": times[1] - times[0], "step_s": [b - a for a, b in zip(times[1:], times[2:], strict=False)]}
+
+
+def decode_tokens_per_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, repeats: int = 3) -> float:
+    """Decode speed with the KV cache, in tokens/s per sequence: one over the median step time (prefill
+    excluded) over `repeats` generations; with a batch of B prompts, multiply by B for the total."""
+    steps = [s for _ in range(repeats) for s in step_times(model, inputs, new_tokens)["step_s"]]
+    return 1.0 / statistics.median(steps)
+
+
+def skeleton_step_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int = 16, head_size: int = 8) -> float:
+    """Median decode-step time (s) of a random model with `model`'s architecture (layers, heads, vocabulary,
+    operators) but heads of only `head_size` features: it launches every operator a real step launches while
+    reading almost no weights, so its step time is the part of a step that memory bandwidth does not explain
+    (Python, operator dispatch, sampling, cache bookkeeping)."""
+    config = copy.deepcopy(model.config)
+    config.hidden_size = config.num_attention_heads * head_size
+    config.intermediate_size = 2 * config.hidden_size
+    if hasattr(config, "head_dim"):
+        config.head_dim = head_size
+    skeleton = AutoModelForCausalLM.from_config(config).eval()
+    return statistics.median(step_times(skeleton, inputs, new_tokens)["step_s"])
+
+
+def read_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """Measured read-only bandwidth (GB/s): the median time to sum a `megabytes` fp32 buffer, reading each byte
+    once and writing nothing (a copy, as utils.machine measures it, counts the bytes written too)."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    times = []
+    for _ in range(repeats + 1):  # the first pass also faults the pages in; it is dropped
+        start = time.perf_counter()
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / statistics.median(times[1:]) / 1e9
+
+
+def matvec_bandwidth_gb_s(rows: int, columns: int, megabytes: int = 512, repeats: int = 3) -> float:
+    """Measured rate (GB/s) at which PyTorch's fp32 matrix-vector product reads weights: one vector times enough
+    distinct `rows` x `columns` matrices to fill `megabytes` (so that they come from memory, not cache), the
+    operation a batch-1 decoding step is made of. Best of `repeats`."""
+    count = max(1, megabytes * 2**20 // (rows * columns * 4))
+    matrices = [torch.randn(rows, columns) for _ in range(count)]
+    vector = torch.randn(1, columns)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for matrix in matrices:
+            vector @ matrix.T
+        times.append(time.perf_counter() - start)
+    return count * rows * columns * 4 / min(times) / 1e9
+
+
+def weight_bytes_per_token(model: torch.nn.Module) -> int:
+    """Bytes of weights one decoding step reads: every parameter once, except that an input embedding table is
+    only looked up (one row per token) unless it is tied to the output projection, which reads all of it."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight
+    tied = embedding.data_ptr() == model.get_output_embeddings().weight.data_ptr()
+    if tied:
+        return total
+    return total - embedding.numel() * embedding.element_size() + embedding.shape[1] * embedding.element_size()
+
+
+def kv_cache_bytes_per_token(config: Any, context: int, bytes_per_value: int = 4) -> int:
+    """Bytes of keys and values one decoding step reads from the cache at `context` tokens: 2 (K and V) x layers x
+    context x key-value heads x head size x bytes per value."""
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_size = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * context * heads * head_size * bytes_per_value
+
+
+def roofline_tokens_per_s(bandwidth_gb_s: float, bytes_per_token: float) -> float:
+    """The memory-bandwidth bound on batch-1 decoding: bandwidth (GB/s, 10^9 bytes) / bytes read per token."""
+    if bandwidth_gb_s <= 0 or bytes_per_token <= 0:
+        raise ValueError("bandwidth and bytes per token must be positive")
+    return bandwidth_gb_s * 1e9 / bytes_per_token

@@ -1,0 +1,173 @@
+"""Evaluating adapted models honestly: what a run cost (wall time, peak resident memory read from the process while
+it runs), classification quality with a bootstrap interval, contamination between fine-tuning and test data, rater
+agreement (Cohen's kappa) and win rates.
+
+Defined for notebook 10 (book chapter 10, *Fine-Tuning and Evaluating*); chapters 11 and 14 reuse the metrics.
+Metrics come from scikit-learn (`evaluate.load` needs the model hub for every metric, so the course does not use
+it). Needs numpy, psutil and scikit-learn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score
+
+# ------------------------------------------------------------------------------------------- cost of a run
+
+
+@dataclass
+class Usage:
+    """What a block of code cost: wall seconds, and the process's resident memory (MB) before it and at its peak
+    (sampled every `interval` seconds by a background thread, so a spike shorter than that can be missed)."""
+
+    seconds: float = 0.0
+    start_rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+
+    @property
+    def added_mb(self) -> float:
+        """Peak resident memory above what the process held when the block started."""
+        return self.peak_rss_mb - self.start_rss_mb
+
+
+@contextmanager
+def measure(interval: float = 0.01) -> Iterator[Usage]:
+    """Time a block and track the peak resident set size (RSS) of this process while it runs:
+
+        with measure() as usage:
+            trainer.train()
+        print(usage.seconds, usage.peak_rss_mb, usage.added_mb)
+
+    RSS is what the operating system reports the process holds in RAM (psutil), so it counts every allocator:
+    PyTorch's tensors, Python objects and libraries alike."""
+    process = psutil.Process()
+    usage = Usage(start_rss_mb=process.memory_info().rss / 2**20)
+    usage.peak_rss_mb = usage.start_rss_mb
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            usage.peak_rss_mb = max(usage.peak_rss_mb, process.memory_info().rss / 2**20)
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        yield usage
+    finally:
+        usage.seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        usage.peak_rss_mb = max(usage.peak_rss_mb, process.memory_info().rss / 2**20)
+
+
+# ------------------------------------------------------------------------------------------- classification
+
+
+def classification_metrics(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> dict:
+    """Accuracy, macro-averaged F1 (each class counts equally) and the confusion matrix (rows: truth, columns:
+    prediction, in `labels` order), from scikit-learn. Raises ValueError for unequal lengths or unknown labels."""
+    if len(truth) != len(predicted) or not truth:
+        raise ValueError(f"need equally many, non-zero truths and predictions, got {len(truth)} and {len(predicted)}")
+    unknown = (set(truth) | set(predicted)) - set(labels)
+    if unknown:
+        raise ValueError(f"labels {sorted(unknown)} are not in {list(labels)}")
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, labels=list(labels), average="macro", zero_division=0)),
+        "confusion": confusion_matrix(truth, predicted, labels=list(labels)),
+    }
+
+
+def bootstrap_interval(correct: Sequence[bool], samples: int = 2000, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval (low, high) of the accuracy of 0/1 outcomes `correct`: the test set is
+    resampled with replacement `samples` times (Efron & Tibshirani, 1993). With 90 test examples the interval
+    is about +-10 points wide, which is what separates a real difference from noise."""
+    values = np.asarray(correct, dtype=float)
+    if values.size == 0:
+        raise ValueError("no outcomes to bootstrap")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, (samples, values.size))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+# ---------------------------------------------------------------------------------------------- contamination
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+(?:'[a-z]+)?", text.lower())
+
+
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    """The set of lower-cased word n-grams of `text` (punctuation and line breaks ignored)."""
+    words = _words(text)
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def contamination_report(train: Sequence[str], test: Sequence[str], n: int = 8, near: float = 0.5) -> dict:
+    """How much of the test set the fine-tuning data already contains, three ways:
+
+    - `exact`: test texts identical to a training text after lower-casing and dropping punctuation;
+    - `near`: test texts with at least `near` of their word n-grams found in one single training text;
+    - `ngram`: test texts sharing at least one word n-gram with the training data (GPT-3's contamination check,
+      Brown et al., 2020, appendix C, used 13-grams over documents; 8-grams suit passages of a few dozen words).
+
+    Returns the counts, the fractions of the test set and the indices of the flagged test texts."""
+    if not train or not test:
+        raise ValueError("need training and test texts to compare")
+    if n < 1 or not 0 < near <= 1:
+        raise ValueError(f"need n >= 1 and 0 < near <= 1, got n={n}, near={near}")
+    key = [hashlib.sha1(" ".join(_words(t)).encode()).hexdigest() for t in train]
+    seen = set(key)
+    index: dict[tuple[str, ...], set[int]] = {}
+    for i, text in enumerate(train):
+        for gram in word_ngrams(text, n):
+            index.setdefault(gram, set()).add(i)
+    exact, near_dups, shared = [], [], []
+    for j, text in enumerate(test):
+        if hashlib.sha1(" ".join(_words(text)).encode()).hexdigest() in seen:
+            exact.append(j)
+        grams = word_ngrams(text, n)
+        hits = Counter(i for gram in grams for i in index.get(gram, ()))
+        if hits:
+            shared.append(j)
+            if grams and max(hits.values()) / len(grams) >= near:
+                near_dups.append(j)
+    found = {"exact": exact, "near": near_dups, "ngram": shared}
+    return {kind: {"count": len(ids), "fraction": len(ids) / len(test), "indices": ids} for kind, ids in found.items()}
+
+
+# ---------------------------------------------------------------------------------------- raters and judges
+
+
+def cohens_kappa(rater_a: Sequence[str], rater_b: Sequence[str]) -> float:
+    """Cohen's kappa (1960) between two raters' labels of the same items: agreement beyond what their label
+    frequencies would give by chance; 1 is perfect, 0 is chance level, below 0 worse than chance (scikit-learn).
+    By Landis & Koch's (1977) reading, 0.41-0.60 is moderate and 0.61-0.80 substantial agreement."""
+    if len(rater_a) != len(rater_b) or len(rater_a) < 2:
+        raise ValueError(f"need the same items rated by both raters (at least 2), got {len(rater_a)}, {len(rater_b)}")
+    if len(set(rater_a) | set(rater_b)) < 2:
+        raise ValueError("both raters gave one and the same label to every item: kappa is undefined")
+    return float(cohen_kappa_score(rater_a, rater_b))
+
+
+def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+    """Share of items where the candidate's score beats the baseline's, ties counted as half a win (as in
+    AlpacaEval and Chatbot Arena tables), with the raw wins, ties and losses."""
+    a, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need one candidate and one baseline score per item, got {a.shape} and {b.shape}")
+    wins, ties = int((a > b).sum()), int((a == b).sum())
+    return {"win_rate": (wins + ties / 2) / a.size, "wins": wins, "ties": ties, "losses": a.size - wins - ties}
