@@ -4,9 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
-from utils.plotting import log_axis, plot_history
+from utils.plotting import attention_map, log_axis, plot_history
 
 
 def _visible_labels(axis):
@@ -68,4 +69,17 @@ def test_plot_history_draws_train_and_validation_and_returns_the_evaluations():
     assert list(train.get_xdata()) == [1, 2] and list(val.get_ydata()) == [5.0, 3.5] and val.get_label() == "held out"
     with pytest.raises(ValueError, match="no evaluated rows"):
         plot_history(ax, history[1:2])
+    plt.close(fig)
+
+
+def test_attention_map_labels_queries_and_keys_with_the_tokens():
+    tokens = ["to", "be", "or"]
+    weights = np.tril(np.ones((3, 3))) / np.arange(1, 4)[:, None]  # causal: row i spreads over the first i + 1
+    fig, ax = plt.subplots()
+    attention_map(ax, weights, tokens, "causal")
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == tokens == [t.get_text() for t in ax.get_yticklabels()]
+    assert ax.get_images()[0].get_array().sum() == pytest.approx(3.0)  # every row sums to one
+    with pytest.raises(ValueError, match="do not match 2 tokens"):
+        attention_map(ax, weights, tokens[:2], "wrong")
     plt.close(fig)

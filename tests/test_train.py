@@ -257,6 +257,8 @@ def test_settings_precedence_flag_over_sagemaker_environment_over_default(
     assert loaders.training_data_dir("unused", explicit=settings.data) == shards  # ... and stays the program's choice
     assert settings.validation_data == str(validation_shards) and settings.output == str(tmp_path / "model")
     assert settings.checkpoint_dir == str(S.SAGEMAKER_CHECKPOINTS)
+    elsewhere = S.parse_settings(["--data", str(shards)], env | {"SAGEMAKER_BASE_DIR": str(tmp_path / "opt_ml")})
+    assert elsewhere.checkpoint_dir == str(tmp_path / "opt_ml" / "checkpoints")  # beside the toolkit's other folders
     assert S.parse_settings([], env).data == str(other)  # no flag: the channel
     hyperparameters = tmp_path / "hyperparameters.json"  # no SM_HPS: the file SageMaker writes
     hyperparameters.write_text(json.dumps({"steps": "12", "batch-size": "3", "sagemaker_program": '"train.py"'}))

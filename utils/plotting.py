@@ -2,7 +2,8 @@
 
 Defined for notebook 00 (the matmul-throughput plot) and used by every notebook that plots against a size, a
 vocabulary or a number of examples on a log scale; `plot_history` draws the training runs of notebook 01 onward
-(histories as returned by `utils.pretraining.train`). Needs matplotlib.
+(histories as returned by `utils.pretraining.train`), and `attention_map` the attention weights of notebook 01.
+Needs matplotlib.
 
 Why it exists: `ax.set_xticks(values, labels)` on a log axis replaces only the *major* ticks. Matplotlib's log
 scale also places minor ticks (at 2, 3, ... 9 times each power of the base) and, when the axis spans less than
@@ -14,6 +15,7 @@ major ticks and their labels and removes the minor ticks, so the axis shows exac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
@@ -60,3 +62,19 @@ def plot_history(
     ax.plot([r["step"] for r in steps], [r["train_loss"] for r in steps], alpha=0.4, label=train_label)
     ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], marker="o", label=val_label)
     return evals
+
+
+def attention_map(ax: Axes, weights: Any, tokens: Sequence[str], title: str) -> None:
+    """Draw one head's attention weights on `ax`: row i (a query) shows how much token i attends to each token j.
+
+    `weights` is a (T, T) array or tensor of weights in [0, 1] (a softmax output, rows summing to one) and `tokens`
+    the T token strings that label both axes, keys along x, queries along y. Raises ValueError when the shape does
+    not match the number of tokens. Defined for notebook 01 (unmasked versus causal attention of a real encoder).
+    """
+    shape = tuple(weights.shape)
+    if shape != (len(tokens), len(tokens)):
+        raise ValueError(f"weights of shape {shape} do not match {len(tokens)} tokens; pass one head's (T, T) matrix")
+    ax.imshow(weights, cmap="Blues", vmin=0)
+    ax.set_xticks(range(len(tokens)), tokens, rotation=90)
+    ax.set_yticks(range(len(tokens)), tokens)
+    ax.set(title=title, xlabel="attends to (key)", ylabel="query")

@@ -87,9 +87,11 @@ def write_job_folder(
     `hyperparameters` are written JSON-encoded as strings, as the service writes them; the toolkit's script-mode
     settings are added (`sagemaker_program`, `sagemaker_submit_directory`, and, for more than one process,
     `sagemaker_torch_distributed_enabled` with `sagemaker_mpi_num_of_processes_per_host`, which the toolkit's torchrun
-    runner reads as `--nproc_per_node`). `checkpoint-dir` defaults to `<base>/checkpoints`, standing in for the
-    /opt/ml/checkpoints that SageMaker syncs with S3. Channels are symlinked, not copied. Existing model, output and
-    code folders are emptied; `checkpoints/` is kept, since a restarted job resumes from it."""
+    runner reads as `--nproc_per_node`). No path is added: as in a real job, the program finds its checkpoint folder
+    itself, `<base>/checkpoints` here (`utils.train_settings.sagemaker_checkpoints` reads the `SAGEMAKER_BASE_DIR` the
+    toolkit is pointed with), standing in for the /opt/ml/checkpoints that SageMaker syncs with S3. Channels are
+    symlinked, not copied. Existing model, output and code folders are emptied; `checkpoints/` is kept, since a
+    restarted job resumes from it."""
     base, source = Path(base).resolve(), Path(source).resolve()
     if not (source / entry_script).is_file():
         raise FileNotFoundError(f"{source / entry_script} does not exist; stage the code with stage_source() first")
@@ -105,7 +107,7 @@ def write_job_folder(
     config = base / "input" / "config"
     for folder in (config, base / "model", base / "output" / "data", base / "checkpoints"):
         folder.mkdir(parents=True, exist_ok=True)
-    settings = {"checkpoint-dir": str(base / "checkpoints")} | dict(hyperparameters)
+    settings = dict(hyperparameters)
     settings |= {"sagemaker_program": entry_script, "sagemaker_submit_directory": str(source)}
     if processes_per_host > 1:
         settings |= {

@@ -6,7 +6,8 @@ and an allowed range per field. It is filled once, by `parse_settings`, in this 
     1. a flag typed on the command line (`--lr 1e-3`, also spelled `--batch_size` or `--batch-size`)
     2. SageMaker's environment: hyperparameters (SM_HPS, else /opt/ml/input/config/hyperparameters.json) and the
        folders SageMaker names (SM_CHANNEL_TRAINING, SM_CHANNEL_VALIDATION, SM_MODEL_DIR; checkpoints in
-       /opt/ml/checkpoints when running under SageMaker)
+       /opt/ml/checkpoints when running under SageMaker, or under `$SAGEMAKER_BASE_DIR` where the training toolkit
+       was pointed at another folder, as `utils.sagemaker_local` does)
     3. the dataclass default
 
 Bad values stop the program before any work with a message naming the flag and its allowed range (exit code 2).
@@ -42,7 +43,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 SAGEMAKER_HYPERPARAMETERS = Path("/opt/ml/input/config/hyperparameters.json")
-SAGEMAKER_CHECKPOINTS = Path("/opt/ml/checkpoints")  # synced to S3 by SageMaker when checkpointing is configured
+SAGEMAKER_BASE = Path("/opt/ml")  # the container folder contract (the training toolkit: $SAGEMAKER_BASE_DIR)
+SAGEMAKER_CHECKPOINTS = SAGEMAKER_BASE / "checkpoints"  # synced to S3 by SageMaker when checkpointing is configured
 EXIT_BAD_INPUT = 2  # a setting, the data or a checkpoint folder refused before training (argparse's code)
 
 METRIC_DEFINITIONS = [
@@ -228,11 +230,21 @@ def resolve_paths(settings: TrainSettings, env: dict[str, str]) -> TrainSettings
         raise SettingsError(f"--validation-data {validation} is not a folder")
     output = settings.output or env.get("SM_MODEL_DIR") or "runs/train"
     on_sagemaker = "SM_MODEL_DIR" in env or "SM_TRAINING_ENV" in env
-    default_checkpoints = SAGEMAKER_CHECKPOINTS if on_sagemaker else Path(output) / "checkpoints"
+    default_checkpoints = sagemaker_checkpoints(env) if on_sagemaker else Path(output) / "checkpoints"
     checkpoints = settings.checkpoint_dir or str(default_checkpoints)
     return dataclasses.replace(
         settings, data=data, validation_data=validation, output=output, checkpoint_dir=checkpoints
     )
+
+
+def sagemaker_checkpoints(env: dict[str, str]) -> Path:
+    """Where a SageMaker job keeps its checkpoints: `checkpoints/` of the job's folder, /opt/ml in a real job.
+
+    The sagemaker-training toolkit takes that folder from `SAGEMAKER_BASE_DIR` (default /opt/ml) and derives every
+    other path it hands the program from it (SM_MODEL_DIR, SM_CHANNEL_*); reading the same variable keeps the
+    checkpoints beside them when a local run points the toolkit elsewhere, without passing a path a real job never
+    gets. /opt/ml/checkpoints is CheckpointConfig's default LocalPath, the folder SageMaker syncs with S3."""
+    return Path(env.get("SAGEMAKER_BASE_DIR") or SAGEMAKER_BASE) / "checkpoints"
 
 
 def changed_settings(settings: TrainSettings) -> dict[str, Any]:
