@@ -173,7 +173,8 @@ def test_a_training_run_is_logged_with_params_metrics_and_artifacts(store, tmp_p
     assert {a.path for a in store.client().list_artifacts(run_id, "model")} == {"model/model.safetensors"}
     assert P.final_metric(store, run_id, "val_loss") == 4.25
     assert P.register(store, "gpt", run_id, alias="dev") == 1
-    assert P.lineage(store, "gpt", "dev")["data_sha256"] == P.sha256_path(data)
+    chain = P.lineage(store, "gpt", "dev")
+    assert chain["data_sha256"] == P.sha256_path(data) and chain["aliases"] == ["dev"] and chain["val_loss"] == 4.25
     with pytest.raises(ValueError, match="no records"):
         (output / "metrics.jsonl").write_text("")
         P.log_training_run(store, "tests", settings, output, "x")
