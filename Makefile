@@ -18,7 +18,7 @@ LAB_DIR ?= notebooks
 # The course's JupyterLab settings (no news or update pop-ups, no kernel picker): jupyter/labconfig/.
 LAB_ENV := JUPYTER_CONFIG_PATH=$(CURDIR)/jupyter$(if $(JUPYTER_CONFIG_PATH),:$(JUPYTER_CONFIG_PATH))
 
-.PHONY: help course test lab setup assets lint unit notebooks clean doctor test-browser canary
+.PHONY: help course test lab setup assets lint unit notebooks clean doctor test-browser canary mlflow-ui
 
 help:
 	@echo "make doctor        will the course run here, and how long will it take? (works before setup)"
@@ -26,6 +26,7 @@ help:
 	@echo "make test          lint, unit tests, every notebook at smoke size under nbval (what CI runs)"
 	@echo "make lab           JupyterLab with the course kernel registered (LAB_PORT=8888)"
 	@echo "make test-browser  notebook 00 run through JupyterLab in headless Chromium (not part of make test)"
+	@echo "make mlflow-ui     MLflow's UI over notebook 14's tracking store on 127.0.0.1 (MLFLOW_PORT=5000)"
 	@echo "make canary        the tests in .venv-canary with the newest core libraries; report in runs/"
 	@echo "make clean         remove .venv, .venv-canary, runs/ and the asset cache"
 
@@ -84,6 +85,13 @@ lab: setup
 # skipped, saying so, if there is none.
 test-browser: setup
 	COURSE_BROWSER_TEST=1 $(BIN)/python -m pytest tests/browser -v
+
+# MLflow's own UI (runs, metrics, registered models and aliases) over the sqlite store notebook 14 writes; loopback
+# only, since the UI has no login. MLFLOW_DIR=runs/<timestamp>/mlflow_14 shows a `make course` run's store instead.
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR ?= runs/interactive/mlflow_14
+mlflow-ui: $(INSTALLED)
+	$(BIN)/python -m utils.pipelines ui --folder $(MLFLOW_DIR) --port $(MLFLOW_PORT)
 
 # Newest releases of the core libraries in .venv-canary (torch stays at its pin unless CANARY_TORCH=1); slow.
 canary: setup

@@ -130,6 +130,25 @@ def test_pipeline_definition_and_request(aws, source):
     assert matches_snapshot("pipeline_definition", definition)
 
 
+def test_gated_pipeline_registers_only_below_the_validation_threshold(aws, source):
+    pipeline = J.gated_pipeline(aws, source, HYPERPARAMETERS, aws.data_uri, aws.data_uri, max_validation_loss=5.5)
+    definition = json.loads(pipeline.definition())
+    train, gate = definition["Steps"]
+    assert [c["ChannelName"] for c in train["Arguments"]["InputDataConfig"]][:2] == ["training", "validation"]
+    condition = gate["Arguments"]["Conditions"][0]
+    assert condition["Type"] == "LessThanOrEqualTo"
+    assert condition["LeftValue"] == {"Get": "Steps.TrainGPT.FinalMetricDataList['validation:loss'].Value"}
+    assert condition["RightValue"] == {"Get": "Parameters.MaxValidationLoss"}
+    register, fail = gate["Arguments"]["IfSteps"][0], gate["Arguments"]["ElseSteps"][0]
+    assert register["Type"] == "RegisterModel" and fail["Type"] == "Fail"
+    assert register["Arguments"]["ModelApprovalStatus"] == "PendingManualApproval"
+    assert {"Name": "MaxValidationLoss", "Type": "Float", "DefaultValue": 5.5} in definition["Parameters"]
+    pipeline.upsert(role_arn=aws.role)
+    assert aws.last_request("CreatePipeline")["PipelineName"] == "course-gated-pipeline"
+    with pytest.raises(ValueError, match="model_group must be"):
+        J.gated_pipeline(aws, source, HYPERPARAMETERS, aws.data_uri, aws.data_uri, 5.5, model_group="bad name!")
+
+
 def test_botocore_rejects_a_malformed_request(aws):
     client = aws.session.boto_session.client("sagemaker")
     with pytest.raises(ParamValidationError, match="InstanceCount"):

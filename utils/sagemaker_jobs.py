@@ -569,3 +569,58 @@ def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters
     step_args = trainer.train(input_data_config=[InputData(channel_name="training", data_source=data_s3_uri)])
     step = TrainingStep(name="TrainGPT", step_args=step_args)
     return Pipeline(name=name, parameters=[instance_type], steps=[step], sagemaker_session=pipeline_session)
+
+
+def gated_pipeline(connection: Connection, source_dir: str | Path, hyperparameters: dict[str, Any], data_s3_uri: str,
+                   validation_s3_uri: str, max_validation_loss: float, model_group: str = "course-gpt",
+                   name: str = "course-gated-pipeline", inference_instance: str = "ml.m5.xlarge",
+                   **trainer_options: Any) -> Any:  # fmt: skip
+    """Chapter 14's pipeline as SageMaker Pipelines steps (`sagemaker.mlops.workflow`): TrainGPT (the program with a
+    validation channel, so it logs `val_loss`) -> ValidationGate, a ConditionStep on the job's final scraped
+    `validation:loss` <= the `MaxValidationLoss` parameter -> RegisterGPT (a ModelStep that registers a version in
+    the model package group `model_group`, PendingManualApproval) or ValidationLossTooHigh (a FailStep). Deployment
+    is not a step: on SageMaker it follows the approval (an EventBridge rule on the package's state change), which
+    is chapter 14's promotion with an approver. Returns the Pipeline; `definition()` is its JSON."""
+    from sagemaker.core.training.configs import InputData
+    from sagemaker.core.workflow.conditions import ConditionLessThanOrEqualTo
+    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.fail_step import FailStep
+    from sagemaker.mlops.workflow.model_step import ModelStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.serve import ModelBuilder
+    from sagemaker.serve.mode.function_pointers import Mode
+
+    validate_job_name(name)
+    validate_instance_type(inference_instance, "inference")
+    for argument, uri in (("data_s3_uri", data_s3_uri), ("validation_s3_uri", validation_s3_uri)):
+        _check_s3_uri(argument, uri, "upload the folder with upload_channel, which returns one")
+    _check_text("model_group", model_group, "ArnOrName")  # CreateModelPackage's ModelPackageGroupName
+    pipeline_session = PipelineSession(boto_session=connection.session.boto_session)
+    default_type = trainer_options.pop("instance_type", "ml.g5.xlarge")
+    instance_type = ParameterString(name="TrainingInstanceType", default_value=default_type)
+    threshold = ParameterFloat(name="MaxValidationLoss", default_value=float(max_validation_loss))
+    trainer = gpt_trainer(connection, source_dir, hyperparameters, instance_type=default_type, **trainer_options)
+    trainer.sagemaker_session = pipeline_session
+    trainer.compute.instance_type = instance_type
+    channels = [InputData(channel_name="training", data_source=data_s3_uri),
+                InputData(channel_name="validation", data_source=validation_s3_uri)]  # fmt: skip
+    train = TrainingStep(name="TrainGPT", step_args=trainer.train(input_data_config=channels))
+    builder = ModelBuilder(s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
+                           image_uri=container_image(inference_instance, connection.region, scope="inference"),
+                           role_arn=connection.role, sagemaker_session=pipeline_session,
+                           instance_type=inference_instance, mode=Mode.SAGEMAKER_ENDPOINT)  # fmt: skip
+    register = ModelStep(name="RegisterGPT", step_args=builder.register(
+        model_package_group_name=model_group, content_types=["application/json"],
+        response_types=["application/json"], inference_instances=[inference_instance],
+        approval_status="PendingManualApproval"))  # fmt: skip
+    too_high = FailStep(name="ValidationLossTooHigh",
+                        error_message=Join(on=" ", values=["final validation loss above", threshold]))  # fmt: skip
+    val_loss = train.properties.FinalMetricDataList["validation:loss"].Value
+    gate = ConditionStep(name="ValidationGate", conditions=[ConditionLessThanOrEqualTo(left=val_loss, right=threshold)],
+                         if_steps=[register], else_steps=[too_high])  # fmt: skip
+    return Pipeline(name=name, parameters=[instance_type, threshold], steps=[train, gate],
+                    sagemaker_session=pipeline_session)  # fmt: skip
