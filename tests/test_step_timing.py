@@ -33,6 +33,8 @@ def test_alternated_times_every_model_every_round_and_leaves_models_apart():
     assert not torch.equal(before, models["b"].transformer.wte.weight)  # b trained with its own optimizer
     with pytest.raises(ValueError):
         alternated_step_times(models, torch.randint(0, 64, (2, 8)), rounds=0)
+    batches = {"a": torch.randint(0, 64, (1, 8)), "b": torch.randint(0, 64, (4, 8))}  # one batch per model
+    assert [len(v) for v in alternated_step_times(models, batches, rounds=2, warmup=0).values()] == [2, 2]
 
 
 def test_paired_speedup_uses_per_round_ratios():

@@ -470,7 +470,9 @@ def start_training(trainer: Any, data_s3_uri: str, channel: str = "training", wa
 
 def gpt_tuner(trainer: Any, max_jobs: int = 8, max_parallel_jobs: int = 2) -> Any:
     """A HyperparameterTuner over the trainer's learning rate (log scale, 1e-4..3e-3) and warm-up (0..50 steps),
-    minimising the scraped training loss with Bayesian search. Tuning jobs run the older script-mode contract
+    minimising the scraped validation loss (`validation:loss`, the program's `val_loss` on held-out shards; the
+    training loss would reward settings that memorise) with Bayesian search; `start_tuning` sends the validation
+    channel it needs. Tuning jobs run the older script-mode contract
     (the SDK sets sagemaker_program and uploads sourcedir.tar.gz), which the training toolkit runs. Trials run
     without checkpointing: SDK 3.27 sends the trainer's CheckpointConfig without the S3 URI it fills in for plain
     training jobs (botocore rejects that request), and one fixed URI would be shared by every trial."""
@@ -481,21 +483,28 @@ def gpt_tuner(trainer: Any, max_jobs: int = 8, max_parallel_jobs: int = 2) -> An
     _check_number("max_parallel_jobs", max_parallel_jobs, "MaxParallelTrainingJobs")
     trainer.checkpoint_config = None
     ranges = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"), "warmup": IntegerParameter(0, 50)}
-    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="train:loss", objective_type="Minimize",
-                               hyperparameter_ranges=ranges, metric_definitions=METRIC_DEFINITIONS,
+    return HyperparameterTuner(model_trainer=trainer, objective_metric_name="validation:loss",
+                               objective_type="Minimize", hyperparameter_ranges=ranges,
+                               metric_definitions=METRIC_DEFINITIONS,
                                max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs,
                                base_tuning_job_name=f"{trainer.base_job_name}-tune")  # fmt: skip
 
 
-def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training") -> Any:
-    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. The data must be in
-    S3 already (a local path would not reach the trials)."""
+def start_tuning(tuner: Any, data_s3_uri: str, validation_s3_uri: str, channel: str = "training") -> Any:
+    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. Every trial gets the
+    training shards as `channel` and held-out shards as the `validation` channel ($SM_CHANNEL_VALIDATION, where the
+    program reads the blocks behind `val_loss`, the tuner's objective). Both must be in S3 already (a local path
+    would not reach the trials)."""
     from sagemaker.core.training.configs import InputData
 
     _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
+    _check_s3_uri("validation_s3_uri", validation_s3_uri, "upload the held-out shards with upload_channel")
     _check_text("channel", channel, "ChannelName")
-
-    tuner.tune(inputs=[InputData(channel_name=channel, data_source=data_s3_uri)], wait=False)
+    if channel == "validation":
+        raise ValueError('the training channel cannot be named "validation": that name is the held-out channel')
+    inputs = [InputData(channel_name=channel, data_source=data_s3_uri),
+              InputData(channel_name="validation", data_source=validation_s3_uri)]  # fmt: skip
+    tuner.tune(inputs=inputs, wait=False)
     return tuner
 
 

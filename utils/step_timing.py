@@ -42,7 +42,7 @@ def training_step(
 
 def alternated_step_times(
     models: dict[str, torch.nn.Module],
-    input_ids: torch.Tensor,
+    input_ids: torch.Tensor | dict[str, torch.Tensor],
     rounds: int,
     warmup: int = 1,
     autocast: dict[str, torch.dtype] | None = None,
@@ -50,7 +50,8 @@ def alternated_step_times(
 ) -> dict[str, list[float]]:
     """Seconds per training step of each named model, measured round-robin: `warmup` untimed steps each (first
     calls allocate memory and, for compiled models, finish compiling), then `rounds` rounds of one timed step per
-    model in turn. Each model trains with its own AdamW at `lr`; `autocast` maps a name to its autocast dtype."""
+    model in turn. Each model trains with its own AdamW at `lr` on `input_ids`, or on `input_ids[name]` when it is a
+    dict (to compare batch sizes); `autocast` maps a name to its autocast dtype."""
     if rounds < 1 or warmup < 0 or not models:
         raise ValueError("need at least one model, one round and a non-negative warm-up")
     autocast = autocast or {}
@@ -58,7 +59,8 @@ def alternated_step_times(
     times: dict[str, list[float]] = {name: [] for name in models}
     for step in range(warmup + rounds):
         for name, model in models.items():
-            seconds, _ = training_step(model, input_ids, optimizers[name], autocast.get(name))
+            batch = input_ids[name] if isinstance(input_ids, dict) else input_ids
+            seconds, _ = training_step(model, batch, optimizers[name], autocast.get(name))
             if step >= warmup:
                 times[name].append(seconds)
     return times
