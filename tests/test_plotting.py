@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from utils.plotting import attention_map, log_axis, plot_history
+from utils.parallelism import bubble_fraction, gpipe_schedule
+from utils.plotting import attention_map, log_axis, plot_history, plot_schedule, plot_shares
 
 
 def _visible_labels(axis):
@@ -82,4 +83,31 @@ def test_attention_map_labels_queries_and_keys_with_the_tokens():
     assert ax.get_images()[0].get_array().sum() == pytest.approx(3.0)  # every row sums to one
     with pytest.raises(ValueError, match="do not match 2 tokens"):
         attention_map(ax, weights, tokens[:2], "wrong")
+    plt.close(fig)
+
+
+def test_gpipe_schedule_respects_dependencies_and_its_bubble_matches_the_paper():
+    schedule = gpipe_schedule(2, 4)
+    slot = {(stage, phase, mb): t for stage, phase, mb, t in schedule}
+    assert len(schedule) == 16 and len(set(slot.values())) == 10  # 2 x (4 + 2 - 1) slots
+    for mb in range(4):
+        path = ((0, "forward"), (1, "forward"), (1, "backward"), (0, "backward"))
+        order = [slot[(s, phase, mb)] for s, phase in path]
+        assert order == sorted(set(order))  # forward through the stages, then backward from the last
+    assert len({(stage, t) for stage, _, _, t in schedule}) == len(schedule)  # one piece of work per stage and slot
+    for stages, microbatches in [(2, 4), (4, 8), (3, 1)]:
+        expected = (stages - 1) / (microbatches + stages - 1)  # Huang et al. (2019)
+        assert bubble_fraction(gpipe_schedule(stages, microbatches)) == pytest.approx(expected)
+    with pytest.raises(ValueError):
+        gpipe_schedule(0, 4)
+
+
+def test_shares_and_schedule_draw_one_box_per_piece():
+    fig, (top, bottom) = plt.subplots(2)
+    plot_shares(top, {"DDP": (1, 1, 1), "FSDP": (0.5, 0.5, 0.5)}, ("parameters", "gradients", "optimizer"))
+    assert len(top.patches) == 12 and [t.get_text() for t in top.get_yticklabels()] == ["DDP", "FSDP"]
+    plot_schedule(bottom, gpipe_schedule(2, 4))
+    assert len(bottom.patches) == 16 and bottom.get_xlim() == (0, 10)
+    with pytest.raises(ValueError, match="one value per part"):
+        plot_shares(top, {"DDP": (1, 1)}, ("parameters", "gradients", "optimizer"))
     plt.close(fig)

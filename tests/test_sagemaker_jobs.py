@@ -80,10 +80,12 @@ def test_warm_pool_job_request(aws, source):
 
 def test_tuning_job_request(aws, source):
     tuner = J.gpt_tuner(J.gpt_trainer(aws, source, HYPERPARAMETERS), max_jobs=6, max_parallel_jobs=2)
-    J.start_tuning(tuner, aws.data_uri)
+    J.start_tuning(tuner, aws.data_uri, aws.data_uri.replace("shards", "held-out"))
     request = aws.last_request("CreateHyperParameterTuningJob")
     config = request["HyperParameterTuningJobConfig"]
-    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "train:loss"}
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Minimize", "MetricName": "validation:loss"}
+    channels = {c["ChannelName"]: c for c in request["TrainingJobDefinition"]["InputDataConfig"]}
+    assert channels["validation"]["DataSource"]["S3DataSource"]["S3Uri"].endswith("course/held-out")
     assert request["TrainingJobDefinition"]["StaticHyperParameters"]["sagemaker_program"] == "train.py"
     assert matches_snapshot("create_hyper_parameter_tuning_job", request)
 

@@ -65,6 +65,10 @@ def test_a_stopped_job_resumes_from_its_checkpoints(tmp_path, shards, source):
     resumed = L.run_job(L.write_job_folder(base, source, {"training": shards}, hyperparameters))
     assert resumed.returncode == 0 and any("resumed from step" in line for line in resumed.log)
     assert resumed.metrics["train:loss"][-1] == whole.metrics["train:loss"][-1]
+    timeline = whole.step_seconds()  # each step's log line, timed as it arrived
+    assert sorted(timeline) == list(range(1, 41)) and len(whole.line_seconds) == len(whole.log)
+    assert all(timeline[s] <= timeline[s + 1] for s in range(1, 40)) and timeline[40] <= whole.seconds
+    assert max(stopped.step_seconds()) >= 10 and min(resumed.step_seconds()) > 1  # restarted after step 1
 
 
 def test_a_failing_entry_point_reports_its_failure(tmp_path, shards, source):

@@ -160,3 +160,16 @@ def test_dataset_sufficiency():
     assert dataset_sufficiency(1e6, 100, 1e6)["enough"]
     with pytest.raises(ValueError):
         dataset_sufficiency(0, 1, 1)
+
+
+def test_loss_curve_doubling_gain_recovers_a_power_law():
+    from utils.scaling import loss_curve_doubling_gain
+
+    steps = np.arange(1, 201)
+    reading = loss_curve_doubling_gain(6.0 * steps**-0.1, window=1)  # window 1: the curve itself
+    assert reading["slope"] == pytest.approx(-0.1, abs=1e-9)
+    assert reading["gain"] == pytest.approx(6.0 * 200**-0.1 * (1 - 2**-0.1))
+    noisy = 6.0 * steps**-0.1 + np.random.default_rng(0).normal(0, 0.05, len(steps))
+    assert loss_curve_doubling_gain(noisy)["slope"] == pytest.approx(-0.1, abs=0.03)  # default window: 20 steps
+    with pytest.raises(ValueError, match="need at least"):
+        loss_curve_doubling_gain(np.ones(5))

@@ -15,7 +15,7 @@ from conftest import PROGRAM_ENV, ROOT, losses, program_command
 from utils import loaders
 from utils import train as T
 from utils import train_settings as S
-from utils.training_runs import launch, read_metrics, saved_activation_bytes
+from utils.training_runs import fresh_run, launch, read_metrics, saved_activation_bytes
 
 
 @pytest.fixture
@@ -319,10 +319,15 @@ def test_activation_checkpointing_saves_fewer_activations():
     assert saved_activation_bytes(model, batch) < full / 2
 
 
-def test_launch_runs_the_program_from_typed_settings(tiny, tmp_path):
+def test_launch_runs_the_program_from_typed_settings_and_fresh_run_starts_over(tiny, tmp_path):
     done = launch(tiny(output=str(tmp_path), steps=2))
     assert done.returncode == 0, done.stderr
     assert [row["step"] for row in read_metrics(tmp_path)] == [1, 2]
+    run = fresh_run(tiny(output=str(tmp_path), steps=2))  # launched again on the finished run's folder
+    assert run["log"].splitlines()[0].endswith("fresh start")  # not a no-op resume of the old run
+    assert [row["step"] for row in run["metrics"]] == [1, 2] and run["memory"][0]["parameters"] > 0
+    with pytest.raises(ValueError, match="settings.output"):
+        fresh_run(tiny(output=None))
 
 
 def test_preflight_checks_ranks_against_each_other_and_stops_a_slow_host(tiny, tmp_path, run_here):

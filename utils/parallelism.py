@@ -8,6 +8,9 @@ Defined for notebook 05 (book chapter 5). Tensor parallelism splits each weight 
 all-reduce per MLP, as in Megatron-LM, Shoeybi et al. 2019); pipeline parallelism splits the layers into stages and
 streams micro-batches through them (`torch.distributed.pipelining`, GPipe schedule, Huang et al. 2019). Rank 0
 prints a JSON list with every rank's result. Needs torch only; runs on gloo (CPU) or NCCL.
+
+`gpipe_schedule` lays out which stage works on which micro-batch in each time slot of a GPipe step, so the notebook
+can draw the pipeline's idle "bubble" and count it (`bubble_fraction`).
 """
 
 from __future__ import annotations
@@ -84,6 +87,26 @@ def pipeline_parallel(depth: int = 4, width: int = 32, batch: int = 8, microbatc
     whole = (model(x) - target).square().mean().item()
     return {"stage": 1, "stage_parameters": parameters, "pipeline_loss": torch.stack(losses).mean().item(),
             "whole_model_loss": whole}  # fmt: skip
+
+
+def gpipe_schedule(stages: int, microbatches: int) -> list[tuple[int, str, int, int]]:
+    """One GPipe training step as (stage, "forward" or "backward", micro-batch, time slot) tuples, each piece of
+    work taking one slot: micro-batch m runs forward on stage s in slot s + m; once every forward is done, the
+    backward passes run from the last stage to the first, in micro-batch order (Huang et al., 2019, figure 2).
+    Every stage is busy 2 x `microbatches` of the 2 (microbatches + stages - 1) slots, so the idle share, the
+    bubble, is (stages - 1) / (microbatches + stages - 1) (`bubble_fraction`)."""
+    if stages < 1 or microbatches < 1:
+        raise ValueError("need at least one stage and one micro-batch")
+    fill = microbatches + stages - 1  # slots until the last forward ends
+    work = [(s, "forward", m, s + m) for s in range(stages) for m in range(microbatches)]
+    work += [(s, "backward", m, fill + (stages - 1 - s) + m) for s in range(stages) for m in range(microbatches)]
+    return sorted(work, key=lambda piece: (piece[3], piece[0]))
+
+
+def bubble_fraction(schedule: list[tuple[int, str, int, int]]) -> float:
+    """Share of stage-slots in which a stage is idle, counted from a schedule such as `gpipe_schedule`'s."""
+    stages, slots = {piece[0] for piece in schedule}, max(piece[3] for piece in schedule) + 1
+    return 1 - len(schedule) / (len(stages) * slots)
 
 
 def run_demo(demo: str, processes: int = 2) -> list[dict[str, object]]:

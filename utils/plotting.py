@@ -2,8 +2,9 @@
 
 Defined for notebook 00 (the matmul-throughput plot) and used by every notebook that plots against a size, a
 vocabulary or a number of examples on a log scale; `plot_history` draws the training runs of notebook 01 onward
-(histories as returned by `utils.pretraining.train`), and `attention_map` the attention weights of notebook 01.
-Needs matplotlib.
+(histories as returned by `utils.pretraining.train`), `attention_map` the attention weights of notebook 01, and
+`plot_shares` and `plot_schedule` notebook 05's (book chapter 5) pictures of what each device holds and of a
+pipeline's schedule. Needs matplotlib.
 
 Why it exists: `ax.set_xticks(values, labels)` on a log axis replaces only the *major* ticks. Matplotlib's log
 scale also places minor ticks (at 2, 3, ... 9 times each power of the base) and, when the axis spans less than
@@ -78,3 +79,38 @@ def attention_map(ax: Axes, weights: Any, tokens: Sequence[str], title: str) -> 
     ax.set_xticks(range(len(tokens)), tokens, rotation=90)
     ax.set_yticks(range(len(tokens)), tokens)
     ax.set(title=title, xlabel="attends to (key)", ylabel="query")
+
+
+def plot_shares(
+    ax: Axes, shares: dict[str, Sequence[float]], parts: Sequence[str], notes: dict[str, str] | None = None
+) -> None:
+    """Draw what one device holds of each part of the training state (notebook 05, "who holds what"): one row per
+    strategy in `shares`, one box per part in `parts` (e.g. parameters, gradients, optimizer state), filled to the
+    share of the full tensor that device keeps (1: all of it, 0.5: half on two ranks). `notes` adds text to a row."""
+    if any(len(row) != len(parts) for row in shares.values()):
+        raise ValueError(f"every row of shares needs one value per part ({len(parts)})")
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")
+    for row, (name, values) in enumerate(shares.items()):
+        for part, share in enumerate(values):
+            ax.barh(row, share, left=part * 1.1, color=colours[part % len(colours)], height=0.6)
+            ax.barh(row, 1, left=part * 1.1, fill=False, edgecolor="grey", height=0.6)
+        ax.text(len(parts) * 1.1 + 0.05, row, (notes or {}).get(name, ""), va="center", fontsize=8)
+    ax.set_yticks(range(len(shares)), list(shares))
+    ax.invert_yaxis()
+    ax.set_xticks([0.5 + 1.1 * i for i in range(len(parts))], list(parts))
+    ax.set_xlim(0, len(parts) * 1.1 + 1.5)
+
+
+def plot_schedule(ax: Axes, schedule: Sequence[tuple[int, str, int, int]]) -> None:
+    """Draw a pipeline schedule as a timeline (notebook 05): one row per stage, one box per (stage, phase,
+    micro-batch, slot) piece of work, forward passes blue and backward passes orange, each labelled with its
+    micro-batch; the empty slots are the pipeline's bubble. `utils.parallelism.gpipe_schedule` makes one."""
+    colours = {"forward": "tab:blue", "backward": "tab:orange"}
+    for stage, phase, microbatch, slot in schedule:
+        ax.barh(stage, 1, left=slot, color=colours[phase], edgecolor="white", height=0.8)
+        ax.text(slot + 0.5, stage, str(microbatch), ha="center", va="center", color="white", fontsize=9)
+    stages = sorted({piece[0] for piece in schedule})
+    ax.set_yticks(stages, [f"stage {s}" for s in stages])
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(piece[3] for piece in schedule) + 1)
+    ax.set_xlabel("time slot (one micro-batch through one stage)")

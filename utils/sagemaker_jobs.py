@@ -473,15 +473,17 @@ def gpt_tuner(
     max_jobs: int = 8,
     max_parallel_jobs: int = 2,
     ranges: dict[str, list[dict[str, Any]]] | None = None,
-    objective: str = "train:loss",
+    objective: str = "validation:loss",
     strategy: str = "Bayesian",
     early_stopping: bool = False,
     max_resource: int | None = None,
 ) -> Any:
     """A HyperparameterTuner for the trainer's program, minimising `objective` (a metric of `METRIC_DEFINITIONS`,
-    scraped from its lines). `ranges` are SageMaker `ParameterRanges` as the API takes them (`utils.tuning.
-    parameter_ranges` writes them from the search space a local Optuna study uses, notebook 07); the default is the
-    learning rate (log scale, 1e-4..3e-3) and warm-up (0..50 steps). `strategy` is Bayesian, Random, Grid or Hyperband;
+    scraped from its lines; by default `validation:loss`, the program's `val_loss` on held-out shards, since the
+    training loss would reward settings that memorise: `start_tuning` sends the validation channel it needs).
+    `ranges` are SageMaker `ParameterRanges` as the API takes them (`utils.tuning.parameter_ranges` writes them from
+    the search space a local Optuna study uses, notebook 07); the default is the learning rate (log scale,
+    1e-4..3e-3) and warm-up (0..50 steps). `strategy` is Bayesian, Random, Grid or Hyperband;
     `early_stopping` lets SageMaker stop trials that trail (TrainingJobEarlyStoppingType Auto, Bayesian and Random
     only); Hyperband stops trials itself after `max_resource` objective values at most (it counts resource in values
     of the objective logged). Tuning jobs run the older script-mode contract (the SDK sets sagemaker_program and
@@ -529,14 +531,19 @@ def gpt_tuner(
                                base_tuning_job_name=f"{trainer.base_job_name}-tune", **options)  # fmt: skip
 
 
-def start_tuning(tuner: Any, data_s3_uri: str, channel: str = "training", validation_s3_uri: str | None = None) -> Any:
-    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. The data must be in
-    S3 already (a local path would not reach the trials). `validation_s3_uri` adds the `validation` channel, which
-    the program reads as SM_CHANNEL_VALIDATION for its validation loss (the objective `validation:loss` needs it)."""
+def start_tuning(
+    tuner: Any, data_s3_uri: str, validation_s3_uri: str | None = None, channel: str = "training"
+) -> Any:
+    """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. Every trial gets the
+    training shards as `channel` and, with `validation_s3_uri`, held-out shards as the `validation` channel
+    ($SM_CHANNEL_VALIDATION, where the program reads the blocks behind `val_loss`; the objective `validation:loss`
+    needs it). Both must be in S3 already (a local path would not reach the trials)."""
     from sagemaker.core.training.configs import InputData
 
     _check_s3_uri("data_s3_uri", data_s3_uri, "upload the folder with upload_channel, which returns one")
     _check_text("channel", channel, "ChannelName")
+    if channel == "validation":
+        raise ValueError('the training channel cannot be named "validation": that name is the held-out channel')
     inputs = [InputData(channel_name=channel, data_source=data_s3_uri)]
     if validation_s3_uri is not None:
         _check_s3_uri("validation_s3_uri", validation_s3_uri, "upload the held-out shards with upload_channel")

@@ -139,13 +139,24 @@ def write_job_folder(
 
 @dataclass
 class LocalJob:
-    """A job run by `run_job`: its folder, exit status, log lines and the metrics scraped from them."""
+    """A job run by `run_job`: its folder, exit status, log lines, the metrics scraped from them, its wall time and
+    when each log line arrived (`line_seconds[i]`: seconds from the job's start to `log[i]`)."""
 
     base: Path
     returncode: int
     log: list[str]
     metrics: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
+    line_seconds: list[float] = field(default_factory=list)
+
+    def step_seconds(self) -> dict[int, float]:
+        """Seconds from the job's start to the log line of each training step (`step=N; loss=...`): its timeline.
+        A step logged twice (a resumed run redoes the steps after its checkpoint) keeps its last time."""
+        steps = {}
+        for line, seconds in zip(self.log, self.line_seconds, strict=True):
+            if match := re.match(r"step=(\d+); loss=", line):  # training lines, not the validation lines
+                steps[int(match.group(1))] = seconds
+        return steps
 
     @property
     def model_dir(self) -> Path:
@@ -209,11 +220,12 @@ def run_job(
 ) -> LocalJob:
     """Run the toolkit on the prepared folder `base` to the end; `on_line(line, process)` sees each log line as it
     arrives (to print progress, or to stop the job at a chosen step). Returns the log and the scraped metrics."""
-    base, start, lines = Path(base), time.perf_counter(), []
+    base, start, lines, arrivals = Path(base), time.perf_counter(), [], []
     process = start_job(base)
     assert process.stdout is not None
     for line in process.stdout:
         lines.append(line.rstrip("\n"))
+        arrivals.append(time.perf_counter() - start)
         if on_line:
             on_line(lines[-1], process)
         if time.perf_counter() - start > timeout:
@@ -221,7 +233,7 @@ def run_job(
     returncode = process.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):  # no process of the job outlives it, as in a
         os.killpg(process.pid, signal.SIGKILL)  # container, whose processes all end when its first one does
-    return LocalJob(base, returncode, lines, scrape_metrics(lines), time.perf_counter() - start)
+    return LocalJob(base, returncode, lines, scrape_metrics(lines), time.perf_counter() - start, arrivals)
 
 
 def pytorch_container_main() -> None:

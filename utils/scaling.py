@@ -117,6 +117,22 @@ def fit_power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(np.exp(log_k)), float(p)
 
 
+def loss_curve_doubling_gain(losses: np.ndarray, window: int | None = None) -> dict[str, np.ndarray | float | int]:
+    """Read a training curve the way chapter 9 decides when to stop: smooth the per-step losses with a moving mean
+    of `window` steps (default a tenth of the run, at least 2), fit loss ~ k t^s over the second half of the
+    smoothed curve (t = the last step in each window), and estimate what doubling the steps would buy: if the loss
+    falls as t^s, doubling t multiplies it by 2^s, a gain of loss x (1 - 2^s) nats. Returns the smoothed curve,
+    the window, the slope s and that gain."""
+    losses = np.asarray(losses, dtype=float)
+    window = window or max(len(losses) // 10, 2)
+    if len(losses) < 2 * window + 2:
+        raise ValueError(f"need at least {2 * window + 2} losses for a window of {window}, got {len(losses)}")
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    half = len(smooth) // 2
+    _, slope = fit_power_law(np.arange(half, len(smooth)) + window, smooth[half:])
+    return {"smooth": smooth, "window": window, "slope": slope, "gain": float(smooth[-1] * (1 - 2**slope))}
+
+
 def bootstrap_exponent(x: np.ndarray, y: np.ndarray, samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Power-law exponent with a 95% bootstrap interval: (estimate, low, high), resampling points with replacement
     (resamples with fewer than two distinct x values are skipped)."""

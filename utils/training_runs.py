@@ -2,8 +2,9 @@
 
 Defined for notebooks 05 and 09 (book chapters 5 and 9). `launch` starts `python -m utils.train` (or torchrun with
 several ranks) in a child process, as a user would, from typed settings: `launch(TrainSettings(data=..., steps=40),
-processes=2)`. `read_metrics` reads the `metrics.jsonl` a run wrote (format: `utils.train_settings`).
-`saved_activation_bytes` measures what autograd keeps for the backward pass.
+processes=2)`. `read_metrics` reads the `metrics.jsonl` a run wrote (format: `utils.train_settings`); `fresh_run`
+clears the output folder, launches and reads, for a run that must start from scratch. `saved_activation_bytes`
+measures what autograd keeps for the backward pass.
 
 Depends on `utils.train_settings`.
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +50,25 @@ def read_metrics(output: str | Path) -> list[dict[str, float]]:
         row = json.loads(line)
         rows.setdefault(row["step"], {}).update(row)
     return [rows[step] for step in sorted(rows)]
+
+
+def fresh_run(settings: TrainSettings, processes: int = 1) -> dict[str, object]:
+    """Run the program from scratch and read what it wrote: deletes `settings.output` first (the program resumes
+    from checkpoints it finds there), launches, and raises RuntimeError with the end of stderr if it fails. Returns
+    `metrics` (`read_metrics`), `memory` (memory.json: one dict of bytes per rank), `seconds` (the launch's wall
+    time, process start-up included) and `log` (stdout, whose first line says how the run started)."""
+    if not settings.output:
+        raise ValueError("settings.output must name the run's folder: fresh_run deletes and rewrites it")
+    output = Path(settings.output)
+    shutil.rmtree(output, ignore_errors=True)
+    start = time.perf_counter()
+    done = launch(settings, processes)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"training program failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    memory = output / "memory.json"
+    return {"metrics": read_metrics(output), "memory": json.loads(memory.read_text()) if memory.exists() else [],
+            "seconds": seconds, "log": done.stdout}  # fmt: skip
 
 
 def saved_activation_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:
