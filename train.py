@@ -6,7 +6,7 @@ uploaded code folder. Running this file puts that folder on `sys.path`, so `util
 else is `utils/train.py` (notebooks 05, 08 and 09).
 """
 
-from utils.train import main
+from utils.train import run_and_exit
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_and_exit()

@@ -106,4 +106,4 @@ if __name__ == "__main__":
     fault = Fault(sys.argv[1])
     assert fault.kind in ("crash", "kill-in-save", "nan-once", "poison", "stall"), fault.kind
     assert fault.kind != "kill-in-save" or fault.arguments[0] in train.SAVE_PHASES, fault.arguments
-    raise SystemExit(train.main(sys.argv[2:], callbacks=[fault]))
+    train.run_and_exit(sys.argv[2:], callbacks=[fault])
