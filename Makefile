@@ -67,6 +67,7 @@ assets: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests

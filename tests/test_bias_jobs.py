@@ -64,8 +64,15 @@ def test_bias_drift_schedule_is_daily_and_validated(aws):
     ],
 )
 def test_bad_arguments_are_refused_before_any_request(aws, changes, message):
-    arguments = {"data_s3_uri": f"{aws.bucket}/d.csv", "output_s3_uri": f"{aws.bucket}/out", "headers": HEADERS,
-                 "label": "genre", "facet": "mentions_women", "facet_values": [1], "positive_labels": ["comedy"]}
+    arguments = {
+        "data_s3_uri": f"{aws.bucket}/d.csv",
+        "output_s3_uri": f"{aws.bucket}/out",
+        "headers": HEADERS,
+        "label": "genre",
+        "facet": "mentions_women",
+        "facet_values": [1],
+        "positive_labels": ["comedy"],
+    }
     before = len(aws.requests)
     with pytest.raises(InvalidRequest, match=message):
         BJ.clarify_pretraining_job(aws, **(arguments | changes))

@@ -38,7 +38,7 @@ def fake_python(tmp_path: Path, version: tuple[int, int, int]) -> Path:
     script = tmp_path / f"python{'.'.join(map(str, version))}"
     script.write_text(
         f"#!/bin/sh\nexec {sys.executable} -c "
-        f"\"import sys; sys.version_info = {(*version, 'final', 0)!r}; exec(sys.argv[1])\" \"$2\"\n"
+        f'"import sys; sys.version_info = {(*version, "final", 0)!r}; exec(sys.argv[1])" "$2"\n'
     )
     script.chmod(0o755)
     return script

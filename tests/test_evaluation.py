@@ -41,9 +41,11 @@ def test_bootstrap_interval_brackets_the_accuracy():
 def test_contamination_report_finds_planted_copies():
     train = ["Now is the winter of our discontent made glorious summer by this sun of York",
              "If music be the food of love, play on; give me excess of it"]  # fmt: skip
-    test = ["now is the WINTER of our discontent, made glorious summer by this sun of york",  # exact after normalising
-            "If music be the food of love play on and on and on",  # shares an 8-gram, and most of its 8-grams
-            "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar"]  # clean
+    test = [
+        "now is the WINTER of our discontent, made glorious summer by this sun of york",  # exact after normalising
+        "If music be the food of love play on and on and on",  # shares an 8-gram, and most of its 8-grams
+        "Friends, Romans, countrymen, lend me your ears; I come to bury Caesar",
+    ]  # clean
     report = ev.contamination_report(train, test, n=8)
     assert report["exact"]["indices"] == [0]
     assert report["ngram"]["indices"] == [0, 1]

@@ -26,8 +26,9 @@ def tiny_llama(tokenizer, seed=0):
 
 
 def test_speeches_drop_speakers_directions_and_headings():
-    play = ("ACT I.\n\nScene I. A room.\n\n[Enter Bernardo.]\n\n"
-            "Ber.\nWho's there? [Aside.]\nStand.\n\nTHESEUS\nSo be it.\n")
+    play = (
+        "ACT I.\n\nScene I. A room.\n\n[Enter Bernardo.]\n\nBer.\nWho's there? [Aside.]\nStand.\n\nTHESEUS\nSo be it.\n"
+    )
     assert ft.spoken_lines(play) == [["Who's there?", "Stand."], ["So be it."]]
     assert ft.play_passages(play, words=3) == ["Who's there?\nStand.", "So be it."]
     assert ft.play_passages(play, words=4) == ["Who's there?\nStand.\nSo be it."]

@@ -161,8 +161,12 @@ def test_a_training_run_is_logged_with_params_metrics_and_artifacts(store, tmp_p
     (output / "model").mkdir(parents=True), data.mkdir()
     (data / "shard-0.bin").write_bytes(b"tokens")
     (output / "model" / "model.safetensors").write_bytes(b"weights")
-    records = [{"step": 2, "loss": 4.5, "lr": 1e-3}, {"step": 2, "val_loss": 4.75}, {"step": 4, "loss": 4.0},
-               {"step": 4, "val_loss": 4.25}]  # the program's format (utils.train_settings), as utils.train writes it
+    records = [
+        {"step": 2, "loss": 4.5, "lr": 1e-3},
+        {"step": 2, "val_loss": 4.75},
+        {"step": 4, "loss": 4.0},
+        {"step": 4, "val_loss": 4.25},
+    ]  # the program's format (utils.train_settings), as utils.train writes it
     (output / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert metric_line(records[0]) == "step=2; loss=4.5; lr=0.001;"
     settings = TrainSettings(data=str(data), output=str(output), steps=4, eval_every=2)

@@ -121,8 +121,9 @@ def test_reward_scores_and_pairwise_accuracy(tokenizer):
     assert scores.shape == (2,)
     assert torch.allclose(scores, pref.reward_scores(bert, rm_tokenizer, prompts, [p["chosen"] for p in PAIRS]))
     reward = pref.reward_function(bert, rm_tokenizer)
-    assert reward([pref.chat(p) for p in prompts], [[{"role": "assistant", "content": p["chosen"]}] for p in PAIRS]) \
-        == pytest.approx(scores.tolist(), abs=1e-6)
+    assert reward(
+        [pref.chat(p) for p in prompts], [[{"role": "assistant", "content": p["chosen"]}] for p in PAIRS]
+    ) == pytest.approx(scores.tolist(), abs=1e-6)
     assert pref.pairwise_accuracy(torch.tensor([1.0, 2.0, 0.0, 5.0]), torch.tensor([0.0, 3.0, 0.0, 1.0])) == 0.5
     with pytest.raises(ValueError, match="one chosen and one rejected"):
         pref.pairwise_accuracy(torch.zeros(2), torch.zeros(3))

@@ -48,7 +48,7 @@ def _fake_python(tmp_path: Path, version: tuple[int, int, int]) -> Path:
     script.write_text(
         f"#!/bin/sh\nexec {sys.executable} -c "
         f"\"import sys; sys.version_info = {(*version, 'final', 0)!r}; sys.executable = '/usr/bin/python3.11'; "
-        f"exec(sys.argv[1])\" \"$2\"\n"
+        f'exec(sys.argv[1])" "$2"\n'
     )
     script.chmod(0o755)
     return script

@@ -115,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-canary")
     parser.add_argument("--torch", choices=("pin", "newest"), default="newest" if os.environ.get("CANARY_TORCH") == "1"
                         else "pin", help="hold torch at its pin (default) or let it move (CANARY_TORCH=1)")  # fmt: skip
-    parser.add_argument("--torch-index", default=os.environ.get("TORCH_INDEX", ""),
-                        help="install the pinned torch from this index first (as make setup TORCH_INDEX=... does)")
+    parser.add_argument(
+        "--torch-index",
+        default=os.environ.get("TORCH_INDEX", ""),
+        help="install the pinned torch from this index first (as make setup TORCH_INDEX=... does)",
+    )
     parser.add_argument("--reuse", action="store_true", help="do not install; rerun the tests in .venv-canary")
     parser.add_argument("--skip-notebooks", action="store_true", help="unit tests only")
     args = parser.parse_args(argv)

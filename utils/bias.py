@@ -430,6 +430,7 @@ def mean_gap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamp
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         raise BiasInputError(f"need at least two values per group for an interval, got {len(a)} and {len(b)}")
+
     def difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
         return x.mean(axis=axis) - y.mean(axis=axis)
 
@@ -452,8 +453,10 @@ def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], co
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prefixes), batch_size):
-        rows = [(tokenizer(p, add_special_tokens=False).input_ids, tokenizer(t, add_special_tokens=False).input_ids)
-                for p, t in zip(prefixes[start : start + batch_size], targets[start : start + batch_size], strict=True)]
+        rows = [
+            (tokenizer(p, add_special_tokens=False).input_ids, tokenizer(t, add_special_tokens=False).input_ids)
+            for p, t in zip(prefixes[start : start + batch_size], targets[start : start + batch_size], strict=True)
+        ]
         if any(not head or not tail for head, tail in rows):
             raise BiasInputError("every prefix and every continuation needs at least one token")
         width, longest = max(len(h) + len(t) for h, t in rows), max(len(t) for _, t in rows)

@@ -137,9 +137,7 @@ class NotebookResult:
     error: dict[str, Any] | None = None
 
 
-def select_notebooks(
-    only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solutions: str = "none"
-) -> list[Path]:
+def select_notebooks(only: str | None, notebooks_dir: Path = NOTEBOOKS_DIR, solutions: str = "none") -> list[Path]:
     """The notebooks to run, in course order; `only` is a comma list of numbers like "00,3,06". `solutions` is
     "none" (chapters only), "after" (each chapter followed by its exercise solutions, `solutions/NN_*.ipynb` under
     `notebooks_dir`, if any) or "only" (the solutions of the selected chapters, without the chapters)."""
@@ -468,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.timeout <= 0:
         parser.error("--timeout must be a positive number of seconds")
-    return run_course(args.smoke, args.only, args.update_notebooks, args.runs_dir, args.timeout,
-                      solutions=args.solutions)
+    return run_course(
+        args.smoke, args.only, args.update_notebooks, args.runs_dir, args.timeout, solutions=args.solutions
+    )
 
 
 if __name__ == "__main__":

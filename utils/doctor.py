@@ -403,8 +403,12 @@ def check_kernels(probe: dict[str, Any] | None) -> list[Check]:
         checks.append(
             Check("kernel", OK, f"{COURSE_KERNEL!r} registered ({course['argv0']}) and imports utils")
             if ok
-            else Check("kernel", PROBLEM, f"{COURSE_KERNEL!r} runs {course['argv0']}, which cannot import utils: "
-                       f"{error}", register_kernel_command())  # fmt: skip
+            else Check(
+                "kernel",
+                PROBLEM,
+                f"{COURSE_KERNEL!r} runs {course['argv0']}, which cannot import utils: {error}",
+                register_kernel_command(),
+            )  # fmt: skip
         )
     native = kernels.get("python3")
     if native is not None:

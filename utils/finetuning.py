@@ -39,18 +39,56 @@ GENRES = ("comedy", "history", "tragedy")
 #: the poems are not in the Folio and are left out.
 FOLIO_GENRES: dict[str, str] = {
     **dict.fromkeys(
-        ["tempest_gut", "two_gentlemen_of_verona_gut", "merry_wives_of_windsor_gut", "measure_for_measure_gut",
-         "comedy_of_errors_gut", "much_ado_about_nothing_gut", "loves_labours_lost_gut", "midsummer_nights_dream_gut",
-         "merchant_of_venice_gut", "as_you_like_it_gut", "taming_of_the_shrew_gut", "alls_well_that_ends_well_gut",
-         "twelfth_night_gut", "winters_tale_gut"], "comedy"),  # fmt: skip
+        [
+            "tempest_gut",
+            "two_gentlemen_of_verona_gut",
+            "merry_wives_of_windsor_gut",
+            "measure_for_measure_gut",
+            "comedy_of_errors_gut",
+            "much_ado_about_nothing_gut",
+            "loves_labours_lost_gut",
+            "midsummer_nights_dream_gut",
+            "merchant_of_venice_gut",
+            "as_you_like_it_gut",
+            "taming_of_the_shrew_gut",
+            "alls_well_that_ends_well_gut",
+            "twelfth_night_gut",
+            "winters_tale_gut",
+        ],
+        "comedy",
+    ),  # fmt: skip
     **dict.fromkeys(
-        ["john_gut", "richard_ii_gut", "henry_iv_part_1_gut", "henry_iv_part_2_gut", "henry_v_gut",
-         "henry_vi_part_1_gut", "henry_vi_part_2_gut", "henry_vi_part_3_gut", "richard_iii_gut", "henry_viii_gut"],
-        "history"),  # fmt: skip
+        [
+            "john_gut",
+            "richard_ii_gut",
+            "henry_iv_part_1_gut",
+            "henry_iv_part_2_gut",
+            "henry_v_gut",
+            "henry_vi_part_1_gut",
+            "henry_vi_part_2_gut",
+            "henry_vi_part_3_gut",
+            "richard_iii_gut",
+            "henry_viii_gut",
+        ],
+        "history",
+    ),  # fmt: skip
     **dict.fromkeys(
-        ["troilus_and_cressida_gut", "coriolanus_gut", "tragedy_of_titus_andronicus_gut", "romeo_and_juliet_gut",
-         "timon_of_athens_gut", "julius_caesar_gut", "macbeth_gut", "hamlet_gut", "lear_gut", "othello_gut",
-         "antony_and_cleopatra_gut", "cymbeline_gut"], "tragedy"),  # fmt: skip
+        [
+            "troilus_and_cressida_gut",
+            "coriolanus_gut",
+            "tragedy_of_titus_andronicus_gut",
+            "romeo_and_juliet_gut",
+            "timon_of_athens_gut",
+            "julius_caesar_gut",
+            "macbeth_gut",
+            "hamlet_gut",
+            "lear_gut",
+            "othello_gut",
+            "antony_and_cleopatra_gut",
+            "cymbeline_gut",
+        ],
+        "tragedy",
+    ),  # fmt: skip
 }
 
 #: Whole plays held out: two per genre for the test split, one per genre for validation. Stand-alone plays were
@@ -497,8 +535,11 @@ def main(argv: list[str] | None = None) -> int:
                                 ("words", int, 24)]:  # fmt: skip
         parser.add_argument(f"--{name}", f"--{name.replace('-', '_')}", type=kind, default=default)
     parser.add_argument("--output", default=os.environ.get("SM_MODEL_DIR"), help="default: $SM_MODEL_DIR or the cache")
-    parser.add_argument("--data", default=os.environ.get("SM_CHANNEL_TRAINING"),
-                        help="folder with train.jsonl and validation.jsonl (default: $SM_CHANNEL_TRAINING, else built)")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("SM_CHANNEL_TRAINING"),
+        help="folder with train.jsonl and validation.jsonl (default: $SM_CHANNEL_TRAINING, else built)",
+    )
     args = parser.parse_args(argv)
     if min(args.steps, args.batch_size, args.rank, args.words) < 1 or args.lr <= 0:
         parser.error("steps, batch size, rank and words must be positive integers and lr a positive number")

@@ -381,8 +381,9 @@ def lineage(store: TrackingStore, name: str, alias: str) -> dict[str, Any]:
         "params": dict(run.data.params),
         "val_loss": run.data.metrics.get("val_loss"),
         "model": f"{name} v{version.version}",
-        "aliases": sorted(a for a, v in client.get_registered_model(name).aliases.items()
-                          if str(v) == str(version.version)),
+        "aliases": sorted(
+            a for a, v in client.get_registered_model(name).aliases.items() if str(v) == str(version.version)
+        ),
         "deployed_url": version.tags.get("deployed_url", ""),
     }
 

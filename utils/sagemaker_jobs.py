@@ -94,8 +94,10 @@ def validate_job_name(name: str) -> str:
     try:
         return _check_text("job name", name, "TrainingJobName")
     except InvalidRequest:
-        raise InvalidRequest(f"job name {name!r}: use 1-63 letters, digits and hyphens, starting with a letter or "
-                             "digit (SageMaker's TrainingJobName)") from None
+        raise InvalidRequest(
+            f"job name {name!r}: use 1-63 letters, digits and hyphens, starting with a letter or "
+            "digit (SageMaker's TrainingJobName)"
+        ) from None
 
 
 class InvalidRequest(ValueError):
@@ -531,9 +533,7 @@ def gpt_tuner(
                                base_tuning_job_name=f"{trainer.base_job_name}-tune", **options)  # fmt: skip
 
 
-def start_tuning(
-    tuner: Any, data_s3_uri: str, validation_s3_uri: str | None = None, channel: str = "training"
-) -> Any:
+def start_tuning(tuner: Any, data_s3_uri: str, validation_s3_uri: str | None = None, channel: str = "training") -> Any:
     """Start the tuning job (CreateHyperParameterTuningJob) without waiting; returns the tuner. Every trial gets the
     training shards as `channel` and, with `validation_s3_uri`, held-out shards as the `validation` channel
     ($SM_CHANNEL_VALIDATION, where the program reads the blocks behind `val_loss`; the objective `validation:loss`

@@ -227,8 +227,10 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
         state.model = await asyncio.to_thread(state.handlers.model_fn, str(model_dir))
         batch_fn = getattr(state.handlers, "predict_batch_fn", None)
         if batch_fn is None:  # handlers without a batch function: one predict_fn call per request
+
             def batch_fn(items, model):
                 return [state.handlers.predict_fn(item, model) for item in items]
+
         state.batcher = DynamicBatcher(lambda items: batch_fn(items, state.model), settings.max_batch,
                                        settings.max_wait_ms / 1000)  # fmt: skip
         worker = asyncio.create_task(state.batcher.run())
