@@ -219,6 +219,21 @@ def test_every_rank_refuses_a_damaged_shard_on_opening(argv, shards, tmp_path, m
     assert not (tmp_path / "out").exists()
 
 
+def test_troubleshooting_quotes_the_data_refusals(argv, shards, tmp_path):
+    """TROUBLESHOOTING.md's entry on refused data quotes these three messages word for word (folder as <data>)."""
+    small = tmp_path / "small"
+    loaders.write_token_shards(learnable_documents(2), small, block=16, vocab_size=100)
+    cut = tmp_path / "cut"
+    shutil.copytree(shards, cut)
+    shard = cut / json.loads((cut / loaders.INDEX_FILE).read_text())["shards"][-1]["file"]
+    shard.write_bytes(shard.read_bytes()[:-32])
+    page = (ROOT / "TROUBLESHOOTING.md").read_text(encoding="utf-8")
+    for data, changes in [(small, {"batch_size": 16}), (flip_a_byte(shards, tmp_path / "flipped"), {}), (cut, {})]:
+        code, _, err = run_main(argv(data=str(data), output=str(tmp_path / "out"), steps=2, **changes))
+        message = err.strip().splitlines()[-1].replace(str(data), "<data>")
+        assert code == 2 and message in page, f"TROUBLESHOOTING.md does not quote: {message}"
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

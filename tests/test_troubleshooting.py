@@ -24,6 +24,7 @@ REQUIRED = [
     "pip downloads several GB of CUDA libraries",
     "ModuleNotFoundError: No module named 'utils'",
     "An asset is missing or corrupt",
+    "The training program refuses its data (exit 2)",
     "The kernel appears to have died (out of memory)",
     "The port is already in use for make lab",
     "A very slow CPU",
