@@ -96,6 +96,7 @@ def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer
                          steps=3, every=2, batch_size=2, rank=2)  # fmt: skip
     assert set(sweep["curves"]) == {1e-2, 3e-3}
     assert all([p["step"] for p in points] == [2, 3] for points in sweep["curves"].values())  # and the last step
+    assert all(p["tokens"] > 0 and p["train_seconds"] > 0 for points in sweep["curves"].values() for p in points)
     best = max((p["accuracy"], -p["step"], -i) for i, points in enumerate(sweep["curves"].values()) for p in points)
     assert (sweep["accuracy"], -sweep["steps"]) == best[:2]
     assert sweep["lr"] == list(sweep["curves"])[-best[2]]

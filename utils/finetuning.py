@@ -395,7 +395,8 @@ class ValidationCurve(TrainerCallback):
     """A trainer callback that measures rank-classification accuracy (`classify`) on held-out `examples` every
     `every` optimizer steps and at the last step, and keeps a copy of the trainable weights at the best step so far
     (the earliest, on ties). `points` holds {"step", "accuracy", "predicted" (label counts), "train_seconds"
-    (wall time spent training up to that step, evaluation excluded), "tokens" (trained on up to that step)}."""
+    (wall time spent training up to that step, evaluation excluded), "tokens" (trained on up to that step, from
+    trl's log line of that step; None if no line falls on it)}."""
 
     def __init__(self, tokenizer: Any, examples: Sequence[dict[str, str]], every: int) -> None:
         if every < 1 or not examples:
@@ -416,8 +417,7 @@ class ValidationCurve(TrainerCallback):
         predicted, _ = classify(model, self.tokenizer, [e["text"] for e in self.examples])
         model.train()
         accuracy = sum(p == e["label"] for p, e in zip(predicted, self.examples, strict=True)) / len(predicted)
-        tokens = next((h["num_tokens"] for h in reversed(state.log_history) if "num_tokens" in h), float("nan"))
-        point = {"step": state.global_step, "accuracy": accuracy, "tokens": tokens,
+        point = {"step": state.global_step, "accuracy": accuracy, "tokens": None,  # filled in by on_log
                  "predicted": {g: predicted.count(g) for g in GENRES},
                  "train_seconds": began - self._start - self._evaluating}  # fmt: skip
         self.points.append(point)
@@ -425,6 +425,10 @@ class ValidationCurve(TrainerCallback):
             self.best = point
             self.best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         self._evaluating += time.perf_counter() - began
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if self.points and self.points[-1]["step"] == state.global_step and "num_tokens" in (logs or {}):
+            self.points[-1]["tokens"] = logs["num_tokens"]  # trl logs the tokens trained on after on_step_end
 
 
 def sft_sweep(
