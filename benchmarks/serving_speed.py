@@ -31,9 +31,10 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     from utils import assets, serving, shrinking
     from utils import genre_classifier as G
 
-    train, test = G.split_by_play(G.genre_passages(assets.shakespeare_texts(), 12))
+    train, test = G.genre_splits(train_per_genre=112, test_per_genre=32)  # chapter 10's training and test plays
     encoder = assets.load_minilm()
-    weight, bias = G.fit_head(encoder.encode([p.text for p in train], normalize_embeddings=True), G.labels_of(train))
+    embeddings = encoder.encode([p["text"] for p in train], normalize_embeddings=True)
+    weight, bias = G.fit_head(embeddings, G.labels_of(train))
     save_file({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}, work / "head.safetensors")
     folder = serving.write_model_folder(work / "genre", assets.verify("minilm"),
                                         {"task": "text-classification", "labels": list(G.GENRES)},
@@ -44,11 +45,11 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
         batch = served.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
         return batch["input_ids"], batch["attention_mask"]
 
-    example = tuple(torch.from_numpy(x) for x in encode([test[0].text, test[1].text]))
+    example = tuple(torch.from_numpy(x) for x in encode([test[0]["text"], test[1]["text"]]))
     fp32 = shrinking.export_onnx(served.network, example, work / "fp32.onnx")
     int8 = shrinking.quantize_int8(fp32, work / "int8.onnx")
     runners = {"fp32": shrinking.OnnxModel(fp32), "int8": shrinking.OnnxModel(int8)}
-    texts = [p.text for p in test]
+    texts = [p["text"] for p in test]
     seconds = shrinking.compare_latency(runners, [encode([t]) for t in (texts * 4)[:passages]])
     predictions = {k: shrinking.predict_in_batches(run, encode, texts).argmax(1) for k, run in runners.items()}
     labels = G.labels_of(test)
