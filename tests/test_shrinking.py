@@ -110,6 +110,18 @@ def test_step_times_has_one_entry_per_generated_token_and_the_cache_matters():
     assert D.skeleton_step_s(model, inputs, 3) > 0
 
 
+def test_static_cache_loop_picks_what_generate_picks_and_the_linear_floor_is_a_time():
+    folder = tiny_generator()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(["Hello there"], return_tensors="pt")
+    loop = D.static_cache_step_times(model, inputs, 6)
+    greedy = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert loop["token_ids"] == greedy[0, inputs["input_ids"].shape[1] :].tolist() and len(loop["step_s"]) == 5
+    assert 0 < D.linear_layers_s(model, repeats=2) < 1
+    with pytest.raises(ValueError, match="one prompt"):
+        D.static_cache_step_times(model, tokenizer(["a", "b"], return_tensors="pt"), 4)
+
+
 def test_read_and_matvec_bandwidths_are_positive_rates():
     assert D.read_bandwidth_gb_s(megabytes=16, repeats=2) > 0.1
     assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1) > 0.1

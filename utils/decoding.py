@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList, StaticCache
 
 
 class _StepClock(LogitsProcessor):
@@ -53,6 +53,46 @@ def decode_tokens_per_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens:
     excluded) over `repeats` generations; with a batch of B prompts, multiply by B for the total."""
     steps = [s for _ in range(repeats) for s in step_times(model, inputs, new_tokens)["step_s"]]
     return 1.0 / statistics.median(steps)
+
+
+def static_cache_step_times(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int) -> dict[str, list]:
+    """Greedy decoding of one prompt written out as a serving engine's loop, timing each step after the first
+    token (s): a static KV cache allocated once for the whole generation (nothing grows or is copied as the sequence
+    lengthens), one forward pass per token under torch.inference_mode, the next token chosen by argmax, and none
+    of generate's per-step machinery (logits processors, stopping criteria, input preparation). Batch 1 only.
+    Returns {"step_s": one time per token after the first, "token_ids": the `new_tokens` tokens chosen}, the
+    tokens being those of greedy `generate`."""
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1 or new_tokens < 2:
+        raise ValueError(f"needs one prompt and new_tokens >= 2, got shape {tuple(ids.shape)}, {new_tokens}")
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
+    times, tokens, position = [], [], ids.shape[1]
+    with torch.inference_mode():
+        logits = model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(position)).logits
+        tokens.append(logits[:, -1].argmax(-1, keepdim=True))
+        for _ in range(new_tokens - 1):
+            start = time.perf_counter()
+            logits = model(input_ids=tokens[-1], past_key_values=cache, cache_position=torch.tensor([position])).logits
+            tokens.append(logits[:, -1].argmax(-1, keepdim=True))
+            times.append(time.perf_counter() - start)
+            position += 1
+    return {"step_s": times, "token_ids": torch.cat(tokens, dim=1)[0].tolist()}
+
+
+def linear_layers_s(model: torch.nn.Module, repeats: int = 3) -> float:
+    """Median time (s) to multiply one token's activations by every weight matrix of the model's linear layers
+    (the output projection included) and do nothing else: the floor that PyTorch's matrix kernels set for a
+    batch-1 decoding step, with no attention, norms, Python or sampling around them."""
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(1, 1, w.shape[1], dtype=w.dtype) for w in weights}
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for weight in weights:
+                torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def skeleton_step_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int = 16, head_size: int = 8) -> float:
