@@ -122,6 +122,22 @@ def test_static_cache_loop_picks_what_generate_picks_and_the_linear_floor_is_a_t
         D.static_cache_step_times(model, tokenizer(["a", "b"], return_tensors="pt"), 4)
 
 
+def test_numpy_matvec_computes_what_pytorch_computes_and_restores_the_model():
+    folder = tiny_generator()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(["Hello there"], return_tensors="pt")
+    plain = D.static_cache_step_times(model, inputs, 6)["token_ids"]
+    one_token = {"input_ids": inputs["input_ids"][:, :1]}
+    with torch.inference_mode():
+        reference = model(**one_token).logits
+        with D.numpy_matvec_linears(model):
+            swapped = model(**one_token).logits
+            assert D.static_cache_step_times(model, inputs, 6)["token_ids"] == plain
+    assert torch.allclose(swapped, reference, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1, library="numpy") > 0.1
+
+
 def test_read_and_matvec_bandwidths_are_positive_rates():
     assert D.read_bandwidth_gb_s(megabytes=16, repeats=2) > 0.1
     assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1) > 0.1
