@@ -16,6 +16,7 @@ Every process uses `--threads` torch threads (the servers through OMP_NUM_THREAD
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -96,7 +97,11 @@ def roofline_fraction(new_tokens: int) -> dict[str, float]:
     bytes_per_token = D.weight_bytes_per_token(model) + D.kv_cache_bytes_per_token(model.config, context)
     measured = D.decode_tokens_per_s(model, chat, 2 * new_tokens, repeats=3)
     overhead = D.skeleton_step_s(model, chat, new_tokens)
-    return {"bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
+    with D.numpy_matvec_linears(model):  # numpy's matrix-vector kernel for single tokens, same weights
+        steps = [s for _ in range(3) for s in D.static_cache_step_times(model, chat, 2 * new_tokens)["step_s"]]
+    return {"numpy_kernel": 1 / statistics.median(steps),
+            "numpy_matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576, library="numpy"),
+            "bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
             "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token), "overhead_ms": 1000 * overhead,
             "weights_gb_s": bytes_per_token / (1 / measured - overhead) / 1e9, "read_gb_s": D.read_bandwidth_gb_s(),
             "matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576)}  # fmt: skip
@@ -133,7 +138,11 @@ def main() -> None:
     print(f"  a step: {1000 / decode['measured']:.0f} ms, {decode['overhead_ms']:.0f} ms of it without weights (the "
           f"model's skeleton); weights read at {decode['weights_gb_s']:.1f} GB/s; on the same threads a plain read "
           f"reaches {decode['read_gb_s']:.1f} GB/s and fp32 matrix x vector "
-          f"{decode['matvec_gb_s']:.1f} GB/s")  # fmt: skip
+          f"{decode['matvec_gb_s']:.1f} GB/s (numpy's kernel {decode['numpy_matvec_gb_s']:.1f})")  # fmt: skip
+    print(
+        f"  with numpy's matrix-vector kernel (D.numpy_matvec_linears, static-cache loop): "
+        f"{decode['numpy_kernel']:.1f} tokens/s -> {decode['numpy_kernel'] / decode['roofline']:.0%} of the bound"
+    )
 
 
 if __name__ == "__main__":
