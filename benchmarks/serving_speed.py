@@ -16,6 +16,7 @@ Every process uses `--threads` torch threads (the servers through OMP_NUM_THREAD
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -31,9 +32,10 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     from utils import assets, serving, shrinking
     from utils import genre_classifier as G
 
-    train, test = G.split_by_play(G.genre_passages(assets.shakespeare_texts(), 12))
+    train, test = G.genre_splits(train_per_genre=112, test_per_genre=32)  # chapter 10's training and test plays
     encoder = assets.load_minilm()
-    weight, bias = G.fit_head(encoder.encode([p.text for p in train], normalize_embeddings=True), G.labels_of(train))
+    embeddings = encoder.encode([p["text"] for p in train], normalize_embeddings=True)
+    weight, bias = G.fit_head(embeddings, G.labels_of(train))
     save_file({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}, work / "head.safetensors")
     folder = serving.write_model_folder(work / "genre", assets.verify("minilm"),
                                         {"task": "text-classification", "labels": list(G.GENRES)},
@@ -44,11 +46,11 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
         batch = served.tokenizer(texts, padding=True, truncation=True, max_length=256, return_tensors="np")
         return batch["input_ids"], batch["attention_mask"]
 
-    example = tuple(torch.from_numpy(x) for x in encode([test[0].text, test[1].text]))
+    example = tuple(torch.from_numpy(x) for x in encode([test[0]["text"], test[1]["text"]]))
     fp32 = shrinking.export_onnx(served.network, example, work / "fp32.onnx")
     int8 = shrinking.quantize_int8(fp32, work / "int8.onnx")
     runners = {"fp32": shrinking.OnnxModel(fp32), "int8": shrinking.OnnxModel(int8)}
-    texts = [p.text for p in test]
+    texts = [p["text"] for p in test]
     seconds = shrinking.compare_latency(runners, [encode([t]) for t in (texts * 4)[:passages]])
     predictions = {k: shrinking.predict_in_batches(run, encode, texts).argmax(1) for k, run in runners.items()}
     labels = G.labels_of(test)
@@ -95,7 +97,11 @@ def roofline_fraction(new_tokens: int) -> dict[str, float]:
     bytes_per_token = D.weight_bytes_per_token(model) + D.kv_cache_bytes_per_token(model.config, context)
     measured = D.decode_tokens_per_s(model, chat, 2 * new_tokens, repeats=3)
     overhead = D.skeleton_step_s(model, chat, new_tokens)
-    return {"bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
+    with D.numpy_matvec_linears(model):  # numpy's matrix-vector kernel for single tokens, same weights
+        steps = [s for _ in range(3) for s in D.static_cache_step_times(model, chat, 2 * new_tokens)["step_s"]]
+    return {"numpy_kernel": 1 / statistics.median(steps),
+            "numpy_matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576, library="numpy"),
+            "bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
             "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token), "overhead_ms": 1000 * overhead,
             "weights_gb_s": bytes_per_token / (1 / measured - overhead) / 1e9, "read_gb_s": D.read_bandwidth_gb_s(),
             "matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576)}  # fmt: skip
@@ -132,7 +138,11 @@ def main() -> None:
     print(f"  a step: {1000 / decode['measured']:.0f} ms, {decode['overhead_ms']:.0f} ms of it without weights (the "
           f"model's skeleton); weights read at {decode['weights_gb_s']:.1f} GB/s; on the same threads a plain read "
           f"reaches {decode['read_gb_s']:.1f} GB/s and fp32 matrix x vector "
-          f"{decode['matvec_gb_s']:.1f} GB/s")  # fmt: skip
+          f"{decode['matvec_gb_s']:.1f} GB/s (numpy's kernel {decode['numpy_matvec_gb_s']:.1f})")  # fmt: skip
+    print(
+        f"  with numpy's matrix-vector kernel (D.numpy_matvec_linears, static-cache loop): "
+        f"{decode['numpy_kernel']:.1f} tokens/s -> {decode['numpy_kernel'] / decode['roofline']:.0%} of the bound"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Shrinking (utils/shrinking.py), decode measurements (utils/decoding.py) and the deployed classifier's data
-(utils/genre_classifier.py), on tiny models: ONNX export equals PyTorch, int8 stays close, distillation learns,
-byte counts match the model's parameters."""
+(utils/genre_classifier.py, chapter 10's split), on tiny models: ONNX export equals PyTorch, int8 stays close,
+distillation learns, byte counts match the model's parameters."""
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from tiny_models import one_thread, tiny_classifier, tiny_generator  # noqa: F40
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from utils import decoding as D
+from utils import finetuning as ft
 from utils import genre_classifier as G
 from utils import shrinking as Z
 from utils.serving import load_handlers
@@ -109,6 +110,34 @@ def test_step_times_has_one_entry_per_generated_token_and_the_cache_matters():
     assert D.skeleton_step_s(model, inputs, 3) > 0
 
 
+def test_static_cache_loop_picks_what_generate_picks_and_the_linear_floor_is_a_time():
+    folder = tiny_generator()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(["Hello there"], return_tensors="pt")
+    loop = D.static_cache_step_times(model, inputs, 6)
+    greedy = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert loop["token_ids"] == greedy[0, inputs["input_ids"].shape[1] :].tolist() and len(loop["step_s"]) == 5
+    assert 0 < D.linear_layers_s(model, repeats=2) < 1
+    with pytest.raises(ValueError, match="one prompt"):
+        D.static_cache_step_times(model, tokenizer(["a", "b"], return_tensors="pt"), 4)
+
+
+def test_numpy_matvec_computes_what_pytorch_computes_and_restores_the_model():
+    folder = tiny_generator()
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer(["Hello there"], return_tensors="pt")
+    plain = D.static_cache_step_times(model, inputs, 6)["token_ids"]
+    one_token = {"input_ids": inputs["input_ids"][:, :1]}
+    with torch.inference_mode():
+        reference = model(**one_token).logits
+        with D.numpy_matvec_linears(model):
+            swapped = model(**one_token).logits
+            assert D.static_cache_step_times(model, inputs, 6)["token_ids"] == plain
+    assert torch.allclose(swapped, reference, atol=1e-5)
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1, library="numpy") > 0.1
+
+
 def test_read_and_matvec_bandwidths_are_positive_rates():
     assert D.read_bandwidth_gb_s(megabytes=16, repeats=2) > 0.1
     assert D.matvec_bandwidth_gb_s(256, 128, megabytes=16, repeats=1) > 0.1
@@ -116,9 +145,7 @@ def test_read_and_matvec_bandwidths_are_positive_rates():
 
 # ------------------------------------------------------------------------------------------ the genre classifier
 
-PLAY = """*** START OF THIS PROJECT GUTENBERG EBOOK ***
-
-ACT I. SCENE I.
+PLAY = """ACT I. SCENE I.
 
 [Enter two Lords.]
 
@@ -131,21 +158,16 @@ The king is dead, and all the realm is mourning his departure from the world.
 """
 
 
-def test_speeches_keep_only_what_characters_say():
-    lament = "The king is dead, and all the realm is mourning his departure from the world."
-    assert G.speeches(PLAY) == ["Good morrow, cousin.  He sleeps.", "What news abroad?", lament]
-    assert G.play_passages(PLAY, words=8) == ["Good morrow, cousin.  He sleeps. What news abroad?", lament]
-
-
-def test_genre_passages_are_labelled_and_split_by_play():
-    texts = {f"{play}_gut": PLAY * 20 for play in G.FOLIO_GENRES}
-    passages = G.genre_passages(texts, per_play=3, words=8)
-    assert len(passages) == 3 * len(G.FOLIO_GENRES) and {p.genre for p in passages} == set(G.GENRES)
-    train, test = G.split_by_play(passages)
-    assert {p.play for p in test} == set(G.TEST_PLAYS) and not {p.play for p in train} & set(G.TEST_PLAYS)
-    assert {p.genre for p in test} == set(G.GENRES)
-    with pytest.raises(KeyError, match="shakespeare_texts"):
-        G.genre_passages({}, per_play=1)
+def test_genre_splits_are_chapter_10s_plays_balanced_by_genre():
+    texts = {play: PLAY * 20 for play in ft.FOLIO_GENRES}
+    train, test = G.genre_splits(train_per_genre=9, test_per_genre=4, words=8, texts=texts)
+    assert {p["play"] for p in test} == set(ft.TEST_PLAYS)
+    assert not {p["play"] for p in train} & (set(ft.TEST_PLAYS) | set(ft.VALIDATION_PLAYS))
+    for rows, per_genre in ((train, 9), (test, 4)):
+        assert np.bincount(G.labels_of(rows)).tolist() == [per_genre] * len(G.GENRES)
+        assert all(ft.FOLIO_GENRES[p["play"]] == p["label"] and "Lord" not in p["text"] for p in rows)
+    with pytest.raises(ft.DatasetError, match="lacks"):
+        G.genre_splits(1, 1, texts={})
 
 
 def test_fit_head_separates_separable_embeddings():

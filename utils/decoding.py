@@ -1,6 +1,7 @@
 """How fast a causal language model generates, step by step, and the memory-bandwidth bound on it.
 
-Defined for notebook 12 (book chapter 12). Needs torch and transformers.
+Defined for notebook 12 (book chapter 12). Needs torch, transformers and numpy (threadpoolctl, which scikit-learn
+installs, to give numpy's BLAS the same thread count as PyTorch).
 
 Generating one token at batch size 1 reads every weight of the model once (the KV cache holds the earlier tokens'
 keys and values, so only the new token is computed), but does only about 2 FLOPs per weight: far too little
@@ -14,13 +15,17 @@ the weights once for B tokens, which is why batching raises throughput until ari
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import statistics
 import time
+import types
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+from threadpoolctl import threadpool_limits
+from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList, StaticCache
 
 
 class _StepClock(LogitsProcessor):
@@ -55,6 +60,47 @@ def decode_tokens_per_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens:
     return 1.0 / statistics.median(steps)
 
 
+def static_cache_step_times(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int) -> dict[str, list]:
+    """Greedy decoding of one prompt written out as a serving engine's loop, timing each step after the first
+    token (s): a static KV cache allocated once for the whole generation (nothing grows or is copied as the sequence
+    lengthens), one forward pass per token under torch.inference_mode, the next token chosen by argmax, and none
+    of generate's per-step machinery (logits processors, stopping criteria, input preparation). Batch 1 only.
+    Returns {"step_s": one time per token after the first, "token_ids": the `new_tokens` tokens chosen}, the
+    tokens being those of greedy `generate`."""
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1 or new_tokens < 2:
+        raise ValueError(f"needs one prompt and new_tokens >= 2, got shape {tuple(ids.shape)}, {new_tokens}")
+    cache = StaticCache(config=model.config, max_cache_len=ids.shape[1] + new_tokens)
+    times, tokens, position = [], [], ids.shape[1]
+    with torch.inference_mode():
+        logits = model(input_ids=ids, past_key_values=cache, cache_position=torch.arange(position)).logits
+        tokens.append(logits[:, -1].argmax(-1, keepdim=True))
+        for _ in range(new_tokens - 1):
+            start = time.perf_counter()
+            logits = model(input_ids=tokens[-1], past_key_values=cache, cache_position=torch.tensor([position])).logits
+            tokens.append(logits[:, -1].argmax(-1, keepdim=True))
+            times.append(time.perf_counter() - start)
+            position += 1
+    return {"step_s": times, "token_ids": torch.cat(tokens, dim=1)[0].tolist()}
+
+
+def linear_layers_s(model: torch.nn.Module, repeats: int = 3) -> float:
+    """Median time (s) to multiply one token's activations by every weight matrix of the model's linear layers
+    (the output projection included) and do nothing else: the floor that PyTorch's matrix kernels set for a
+    batch-1 decoding step, with no attention, norms, Python or sampling around them (inside
+    `numpy_matvec_linears`, the floor numpy's kernel sets)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(1, 1, m.in_features, dtype=m.weight.dtype) for m in linears}
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for linear in linears:
+                linear(inputs[linear.in_features])
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def skeleton_step_s(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int = 16, head_size: int = 8) -> float:
     """Median decode-step time (s) of a random model with `model`'s architecture (layers, heads, vocabulary,
     operators) but heads of only `head_size` features: it launches every operator a real step launches while
@@ -81,20 +127,55 @@ def read_bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
     return data.numel() * 4 / statistics.median(times[1:]) / 1e9
 
 
-def matvec_bandwidth_gb_s(rows: int, columns: int, megabytes: int = 512, repeats: int = 3) -> float:
-    """Measured rate (GB/s) at which PyTorch's fp32 matrix-vector product reads weights: one vector times enough
-    distinct `rows` x `columns` matrices to fill `megabytes` (so that they come from memory, not cache), the
-    operation a batch-1 decoding step is made of. Best of `repeats`."""
+def matvec_bandwidth_gb_s(
+    rows: int, columns: int, megabytes: int = 512, repeats: int = 3, library: str = "torch"
+) -> float:
+    """Measured rate (GB/s) at which a fp32 matrix-vector product reads weights: one vector times enough distinct
+    `rows` x `columns` matrices to fill `megabytes` (so that they come from memory, not cache), the operation a
+    batch-1 decoding step is made of. `library` "torch" times PyTorch's kernel (MKL or oneDNN in its CPU build),
+    "numpy" the BLAS numpy ships (OpenBLAS in its wheels), with as many threads as PyTorch uses. Best of `repeats`."""
+    if library not in ("torch", "numpy"):
+        raise ValueError(f"library must be 'torch' or 'numpy', got {library!r}")
     count = max(1, megabytes * 2**20 // (rows * columns * 4))
     matrices = [torch.randn(rows, columns) for _ in range(count)]
     vector = torch.randn(1, columns)
+    if library == "numpy":
+        matrices, vector = [m.numpy() for m in matrices], vector.numpy()[0]
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for matrix in matrices:
-            vector @ matrix.T
-        times.append(time.perf_counter() - start)
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for matrix in matrices:
+                matrix @ vector if library == "numpy" else vector @ matrix.T
+            times.append(time.perf_counter() - start)
     return count * rows * columns * 4 / min(times) / 1e9
+
+
+@contextlib.contextmanager
+def numpy_matvec_linears(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Within the block, each nn.Linear of `model` multiplies a single token's activations (an input of one row)
+    with numpy's matrix-vector product on the same weights (shared, not copied), with as many BLAS threads as
+    PyTorch uses; inputs of several rows (a prompt, a batch) still go to PyTorch. This swaps only the kernel of a
+    batch-1 decoding step, so the numbers are PyTorch's up to float rounding and greedy decoding picks the same
+    tokens (the tests check both). The model is restored on leaving the block."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() != x.shape[-1] or x.dtype != torch.float32 or module.weight.dtype != torch.float32:
+            return torch.nn.functional.linear(x, module.weight, module.bias)
+        out = module.weight.detach().numpy() @ x.detach().reshape(-1).numpy()
+        if module.bias is not None:
+            out += module.bias.detach().numpy()
+        return torch.from_numpy(out).view(*x.shape[:-1], out.shape[0])
+
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        try:
+            for linear in linears:
+                linear.forward = types.MethodType(forward, linear)
+            yield model
+        finally:
+            for linear in linears:
+                linear.__dict__.pop("forward", None)
 
 
 def weight_bytes_per_token(model: torch.nn.Module) -> int:
