@@ -30,15 +30,15 @@ from utils.offline import enable_offline_mode
 def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     """Train the genre head, serve-format the folder, export fp32 and int8 ONNX; p50 latency and quality."""
     from utils import assets, serving, shrinking
-    from utils import genre_classifier as G
+    from utils import finetuning as ft
 
-    train, test = G.genre_splits(train_per_genre=112, test_per_genre=32)  # chapter 10's training and test plays
+    train, test = ft.genre_splits(train_per_genre=112, test_per_genre=32)  # chapter 10's training and test plays
     encoder = assets.load_minilm()
     embeddings = encoder.encode([p["text"] for p in train], normalize_embeddings=True)
-    weight, bias = G.fit_head(embeddings, G.labels_of(train))
+    weight, bias = ft.fit_head(embeddings, ft.labels_of(train))
     save_file({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}, work / "head.safetensors")
     folder = serving.write_model_folder(work / "genre", assets.verify("minilm"),
-                                        {"task": "text-classification", "labels": list(G.GENRES)},
+                                        {"task": "text-classification", "labels": list(ft.GENRES)},
                                         extra_files={"head.safetensors": work / "head.safetensors"})  # fmt: skip
     served = serving.load_handlers(folder).model_fn(str(folder))
 
@@ -53,7 +53,7 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     texts = [p["text"] for p in test]
     seconds = shrinking.compare_latency(runners, [encode([t]) for t in (texts * 4)[:passages]])
     predictions = {k: shrinking.predict_in_batches(run, encode, texts).argmax(1) for k, run in runners.items()}
-    labels = G.labels_of(test)
+    labels = ft.labels_of(test)
     return {
         "p50_fp32_ms": 1000 * float(np.median(seconds["fp32"])),
         "p50_int8_ms": 1000 * float(np.median(seconds["int8"])),

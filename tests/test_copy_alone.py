@@ -38,26 +38,14 @@ def test_each_module_names_its_one_utils_dependency():
             assert f"utils.{dependency}" in docstring, f"utils/{name}.py does not name utils.{dependency}"
 
 
-def with_dependencies(name: str) -> set[str]:
-    """The module and the chain of modules it needs: the one it names, the one that one names, and so on (e.g.
-    genre_classifier -> finetuning -> assets)."""
-    chain, todo = set(), [name]
-    while todo:
-        module = todo.pop()
-        chain.add(module)
-        todo += sorted(utils_imports(UTILS / f"{module}.py") - chain)
-    return chain
-
-
 def test_each_module_imports_when_copied_alone_with_its_dependency(tmp_path):
-    """Copy every module, with what it names (and what that names), into its own empty folder and import it there,
-    in one interpreter (third-party imports are shared; each copy's `utils` package is fresh and must come from its
-    folder)."""
+    """Copy every module, with what it names, into its own empty folder and import it there, in one interpreter
+    (third-party imports are shared; each copy's `utils` package is fresh and must come from its folder)."""
     for name in MODULES:
         package = tmp_path / name / "utils"
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")
-        for module in with_dependencies(name):
+        for module in {name} | utils_imports(UTILS / f"{name}.py"):
             (package / f"{module}.py").write_text((UTILS / f"{module}.py").read_text())
     script = f"""
 import importlib, sys

@@ -1,6 +1,6 @@
 """Shrinking (utils/shrinking.py), decode measurements (utils/decoding.py) and the deployed classifier's data
-(utils/genre_classifier.py, chapter 10's split), on tiny models: ONNX export equals PyTorch, int8 stays close,
-distillation learns, byte counts match the model's parameters."""
+(utils/finetuning.py's sentence-embedding head, chapter 10's split), on tiny models: ONNX export equals PyTorch,
+int8 stays close, distillation learns, byte counts match the model's parameters."""
 
 import numpy as np
 import pytest
@@ -10,7 +10,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from utils import decoding as D
 from utils import finetuning as ft
-from utils import genre_classifier as G
 from utils import shrinking as Z
 from utils.serving import load_handlers
 
@@ -160,14 +159,14 @@ The king is dead, and all the realm is mourning his departure from the world.
 
 def test_genre_splits_are_chapter_10s_plays_balanced_by_genre():
     texts = {play: PLAY * 20 for play in ft.FOLIO_GENRES}
-    train, test = G.genre_splits(train_per_genre=9, test_per_genre=4, words=8, texts=texts)
+    train, test = ft.genre_splits(train_per_genre=9, test_per_genre=4, words=8, texts=texts)
     assert {p["play"] for p in test} == set(ft.TEST_PLAYS)
     assert not {p["play"] for p in train} & (set(ft.TEST_PLAYS) | set(ft.VALIDATION_PLAYS))
     for rows, per_genre in ((train, 9), (test, 4)):
-        assert np.bincount(G.labels_of(rows)).tolist() == [per_genre] * len(G.GENRES)
+        assert np.bincount(ft.labels_of(rows)).tolist() == [per_genre] * len(ft.GENRES)
         assert all(ft.FOLIO_GENRES[p["play"]] == p["label"] and "Lord" not in p["text"] for p in rows)
     with pytest.raises(ft.DatasetError, match="lacks"):
-        G.genre_splits(1, 1, texts={})
+        ft.genre_splits(1, 1, texts={})
 
 
 def test_fit_head_separates_separable_embeddings():
@@ -175,6 +174,6 @@ def test_fit_head_separates_separable_embeddings():
     centres = np.eye(3, 8)
     labels = np.repeat(np.arange(3), 20)
     embeddings = centres[labels] + 0.05 * rng.standard_normal((60, 8))
-    weight, bias = G.fit_head(embeddings, labels)
+    weight, bias = ft.fit_head(embeddings, labels)
     assert weight.shape == (3, 8) and bias.shape == (3,)
     assert ((embeddings @ weight.T + bias).argmax(1) == labels).all()

@@ -1,6 +1,7 @@
 """Fine-tuning a chat model on a labelled task: the First Folio genre dataset, chat-formatted examples with the
 prompt masked out of the loss, rank classification with zero-shot and few-shot prompts, LoRA and full fine-tuning
-with trl's SFTTrainer, and adapters saved, merged and reloaded.
+with trl's SFTTrainer, adapters saved, merged and reloaded, and a linear head on sentence embeddings (the
+classifier notebook 12 deploys and notebook 14 monitors, trained and tested on this module's split).
 
 Defined for notebook 10 (book chapter 10, *Fine-Tuning and Evaluating*); chapters 11, 13 and 14 reuse the adapted
 model through one call:
@@ -12,7 +13,7 @@ model through one call:
 The task: given a short passage of a Shakespeare play, name its genre as the First Folio of 1623 catalogues it
 (comedy, history or tragedy). Plays are split into train, validation and test as whole plays, so no passage of a
 test play is ever trained on. Depends on `utils.assets` (SmolLM2-135M-Instruct and the Shakespeare texts); needs
-torch, transformers, datasets, peft and trl.
+torch, transformers, datasets, peft, trl, numpy and scikit-learn.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 from transformers import TrainerCallback
 
 from utils import assets
@@ -614,6 +617,43 @@ def pretrain_course_gpt(
         raise RuntimeError(f"python -m utils.train failed ({done.returncode}):\n{done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return Path(output) / "model", [row["loss"] for row in rows]
+
+
+# ----------------------------------------------------- a linear head on sentence embeddings (chapters 12 and 14)
+
+#: Words per passage for the sentence-embedding head: about three lines of verse, enough for a sentence embedding to
+#: carry some style.
+HEAD_PASSAGE_WORDS = 40
+
+
+def genre_splits(
+    train_per_genre: int,
+    test_per_genre: int,
+    words: int = HEAD_PASSAGE_WORDS,
+    seed: int = 0,
+    texts: dict[str, str] | None = None,
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(train, test) passages of the genre task, each {"text", "label", "play"}, balanced over GENRES, for the
+    classifier notebook 12 deploys: `train_per_genre` per genre from the training plays, `test_per_genre` from the
+    test plays, so its accuracy is comparable with notebook 10's models. The validation plays are left out: the head
+    has no setting chosen on held-out data. `texts` defaults to the course's Shakespeare asset; raises DatasetError
+    when a split cannot fill its quota."""
+    splits = {"train": train_per_genre, "validation": 0, "test": test_per_genre}
+    data = genre_dataset(splits, words=words, seed=seed, texts=texts)
+    return data["train"], data["test"]
+
+
+def labels_of(passages: list[dict[str, str]]) -> np.ndarray:
+    """Genre indices (into GENRES) of the passages' labels."""
+    return np.array([GENRES.index(p["label"]) for p in passages])
+
+
+def fit_head(embeddings: np.ndarray, labels: np.ndarray, c: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """A multinomial logistic regression on (unit-length) sentence embeddings, classes weighted by their inverse
+    frequency; returns its (weight [classes, dim], bias [classes]) for a linear layer, as float32. `c` is the inverse
+    L2 penalty (scikit-learn's C)."""
+    model = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(embeddings, labels)
+    return np.ascontiguousarray(model.coef_, np.float32), np.ascontiguousarray(model.intercept_, np.float32)
 
 
 # ---------------------------------------------------------------------------------------- command line (SageMaker)
