@@ -68,6 +68,25 @@ def test_cohens_kappa():
 
 def test_win_rate_counts_ties_as_half():
     result = ev.win_rate([3, 1, 2, 2], [1, 2, 2, 0])
-    assert result == {"win_rate": 0.625, "wins": 2, "ties": 1, "losses": 1}
+    assert {k: result[k] for k in ("win_rate", "wins", "ties", "losses")} == {
+        "win_rate": 0.625, "wins": 2, "ties": 1, "losses": 1}  # fmt: skip
+    assert result["low"] <= 0.625 <= result["high"]
     with pytest.raises(ValueError, match="one candidate and one baseline"):
         ev.win_rate([1, 2], [1])
+    with pytest.raises(ValueError, match="level"):
+        ev.win_rate([1, 2], [0, 1], level=95)
+
+
+def test_win_rate_interval_agrees_with_wilson_and_shrinks_with_items():
+    from scipy.stats import binomtest
+
+    rng = np.random.default_rng(0)
+    for n in (30, 300):
+        wins = rng.random(n) < 0.7  # no ties: outcomes are 0/1, a binomial proportion
+        result = ev.win_rate(wins.astype(float), np.full(n, 0.5))
+        wilson = binomtest(int(wins.sum()), n).proportion_ci(0.95, method="wilson")
+        assert result["low"] == pytest.approx(wilson.low, abs=0.04)
+        assert result["high"] == pytest.approx(wilson.high, abs=0.04)
+    assert result["high"] - result["low"] < 0.12  # 300 items: about +-5 points
+    alike = ev.win_rate([2, 2, 2], [1, 1, 1])
+    assert (alike["low"], alike["win_rate"], alike["high"]) == (1.0, 1.0, 1.0)

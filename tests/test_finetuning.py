@@ -90,6 +90,32 @@ def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
         assert labels[:length].tolist() == ours[tuple(ids[:length].tolist())]
 
 
+def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer, data, tmp_path):
+    validation = data["validation"][:6]
+    sweep = ft.sft_sweep(tiny_llama(tokenizer), tokenizer, data["train"][:4], validation, tmp_path, [1e-2, 3e-3],
+                         steps=3, every=2, batch_size=2, rank=2)  # fmt: skip
+    assert set(sweep["curves"]) == {1e-2, 3e-3}
+    assert all([p["step"] for p in points] == [2, 3] for points in sweep["curves"].values())  # and the last step
+    best = max((p["accuracy"], -p["step"], -i) for i, points in enumerate(sweep["curves"].values()) for p in points)
+    assert (sweep["accuracy"], -sweep["steps"]) == best[:2]
+    assert sweep["lr"] == list(sweep["curves"])[-best[2]]
+    model = sweep["trainer"].model
+    predicted, _ = ft.classify(model, tokenizer, [e["text"] for e in validation])
+    assert (
+        sum(p == e["label"] for p, e in zip(predicted, validation, strict=True)) / len(validation) == sweep["accuracy"]
+    )
+    # the fixed warm-up makes step k of the sweep's run the end of a fresh k-step run: the same weights
+    fresh = ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:4], tmp_path / "fresh", sweep["steps"],
+                           sweep["lr"], 2, lora=ft.lora_config(2, 4))  # fmt: skip
+    fresh.train()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    for name, parameter in fresh.model.named_parameters():
+        if parameter.requires_grad:
+            torch.testing.assert_close(parameter, trained[name])
+    with pytest.raises(ValueError, match="every"):
+        ft.ValidationCurve(tokenizer, validation, every=0)
+
+
 def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
     model = tiny_llama(tokenizer)
     shots = data["train"][:2]

@@ -163,11 +163,27 @@ def cohens_kappa(rater_a: Sequence[str], rater_b: Sequence[str]) -> float:
     return float(cohen_kappa_score(rater_a, rater_b))
 
 
-def win_rate(candidate: Sequence[float], baseline: Sequence[float]) -> dict[str, float]:
+def win_rate(
+    candidate: Sequence[float], baseline: Sequence[float], level: float = 0.95, samples: int = 2000, seed: int = 0
+) -> dict[str, float]:
     """Share of items where the candidate's score beats the baseline's, ties counted as half a win (as in
-    AlpacaEval and Chatbot Arena tables), with the raw wins, ties and losses."""
+    AlpacaEval and Chatbot Arena tables), with the raw wins, ties and losses, and a `level` percentile bootstrap
+    interval (`low`, `high`) over the items (scipy.stats.bootstrap, `samples` resamples): each item's outcome is
+    1, 0.5 or 0, and the items are resampled with replacement. With 24 items the interval is about +-20 points."""
+    from scipy.stats import bootstrap
+
     a, b = np.asarray(candidate, dtype=float), np.asarray(baseline, dtype=float)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"need one candidate and one baseline score per item, got {a.shape} and {b.shape}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie between 0 and 1, got {level}")
+    outcome = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
     wins, ties = int((a > b).sum()), int((a == b).sum())
-    return {"win_rate": (wins + ties / 2) / a.size, "wins": wins, "ties": ties, "losses": a.size - wins - ties}
+    rate = float(outcome.mean())
+    if np.ptp(outcome) == 0:  # every item alike: no resample differs, the interval is the point
+        low = high = rate
+    else:
+        found = bootstrap((outcome,), np.mean, confidence_level=level, n_resamples=samples, method="percentile",
+                          rng=np.random.default_rng(seed))  # fmt: skip
+        low, high = float(found.confidence_interval.low), float(found.confidence_interval.high)
+    return {"win_rate": rate, "low": low, "high": high, "wins": wins, "ties": ties, "losses": a.size - wins - ties}
