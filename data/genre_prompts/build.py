@@ -1,12 +1,14 @@
 """Rebuild the genre prompting sets that notebook 13 ships, from chapter 10's First Folio genre task.
 
-    python data/genre_prompts/build.py          # rewrites eval.jsonl and pool.jsonl next to this file
+    python data/genre_prompts/build.py          # rewrites eval.jsonl, validation.jsonl and pool.jsonl here
     python data/genre_prompts/build.py --check  # exit 1 if the shipped files differ from a rebuild
 
 `eval.jsonl` is chapter 10's test split exactly (`utils.finetuning.genre_dataset(words=24)["test"]`: 30 passages
 per genre from six whole plays that no other split uses), so prompting, prompt tuning and chapter 10's LoRA adapter
-are scored on the same passages. `pool.jsonl` holds the few-shot demonstrations: 16 passages per genre taken in
-order from the same call's train split, whose plays never appear in the test split. See README.md here.
+are scored on the same passages. `validation.jsonl` is the same call's validation split (15 passages per genre
+from three other whole plays): notebook 13 chooses its prompts there, never on the test split. `pool.jsonl` holds
+the few-shot demonstrations: 16 passages per genre taken in order from the same call's train split, whose plays
+never appear in the validation or test split. See README.md here.
 """
 
 import argparse
@@ -24,7 +26,7 @@ POOL_PER_GENRE = 16  # enough for 8-shot prompts drawn many ways
 def build() -> dict[str, list[dict[str, str]]]:
     data = ft.genre_dataset(words=WORDS)
     pool = [row for genre in ft.GENRES for row in [r for r in data["train"] if r["label"] == genre][:POOL_PER_GENRE]]
-    return {"eval": data["test"], "pool": pool}
+    return {"eval": data["test"], "validation": data["validation"], "pool": pool}
 
 
 def lines(rows: list[dict[str, str]]) -> str:
