@@ -79,8 +79,11 @@ def main() -> None:
         rates["gpt"].append(BATCH * CONTEXT / (time.perf_counter() - start))
     median = {k: statistics.median(v) for k, v in rates.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} repeats")
-    for name, label in [("packed", "packed memmap loader"), ("naive", "naive datasets + padding (real tokens)"),
-                        ("gpt", "GPT 4x256 training step consumes")]:  # fmt: skip
+    for name, label in [
+        ("packed", "packed memmap loader"),
+        ("naive", "naive datasets + padding (real tokens)"),
+        ("gpt", "GPT 4x256 training step consumes"),
+    ]:
         print(f"{label:40} {median[name]:>14,.0f} tokens/s")
     print(f"packed / GPT consumption: {median['packed'] / median['gpt']:8.0f}x   (target >= 100x)")
     print(f"packed / naive:           {median['packed'] / median['naive']:8.1f}x   (target >= 5x)")

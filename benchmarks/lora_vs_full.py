@@ -42,8 +42,10 @@ def child(method: str, steps: int, batch_size: int, checkpointing: bool) -> dict
     model, tokenizer = assets.load_smollm2()
     rows = finetuning.genre_dataset(words=24)["train"][: steps * batch_size]
     examples = [finetuning.tokenize_example(tokenizer, row["text"], row["label"]) for row in rows]
-    batches = [finetuning.pad_batch(examples[i : i + batch_size], tokenizer.pad_token_id)
-               for i in range(0, len(examples), batch_size)]  # fmt: skip
+    batches = [
+        finetuning.pad_batch(examples[i : i + batch_size], tokenizer.pad_token_id)
+        for i in range(0, len(examples), batch_size)
+    ]
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -61,8 +63,13 @@ def child(method: str, steps: int, batch_size: int, checkpointing: bool) -> dict
         times.append(time.perf_counter() - start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
     tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-    return {"step_s": times[1:], "loaded_mb": loaded_mb, "peak_mb": peak_mb, "tokens": tokens,
-            "trainable": finetuning.count_trainable(model)}  # fmt: skip
+    return {
+        "step_s": times[1:],
+        "loaded_mb": loaded_mb,
+        "peak_mb": peak_mb,
+        "tokens": tokens,
+        "trainable": finetuning.count_trainable(model),
+    }
 
 
 def run(method: str, steps: int, batch_size: int, checkpointing: bool) -> dict:
@@ -83,8 +90,11 @@ def compare(steps: int, batch_size: int, repeats: int, checkpointing: bool) -> f
         for method in ("full", "lora") if repeat % 2 else ("lora", "full"):
             results[method].append(run(method, steps, batch_size, checkpointing))
             r = results[method][-1]
-            print(f"  {method:4}: median step {statistics.median(r['step_s']):6.2f} s, peak RSS {r['peak_mb']:7.0f} MB "
-                  f"(after loading {r['loaded_mb']:5.0f} MB), {r['trainable']:,} trainable", flush=True)  # fmt: skip
+            print(
+                f"  {method:4}: median step {statistics.median(r['step_s']):6.2f} s, peak RSS {r['peak_mb']:7.0f} MB "
+                f"(after loading {r['loaded_mb']:5.0f} MB), {r['trainable']:,} trainable",
+                flush=True,
+            )
     step = {m: statistics.median(s for r in rs for s in r["step_s"]) for m, rs in results.items()}
     peak = {m: statistics.median(r["peak_mb"] for r in rs) for m, rs in results.items()}
     lora, full = step["lora"], step["full"]
@@ -107,13 +117,17 @@ def main() -> int:
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.batch_size, args.checkpointing == "on")))
         return 0
-    print(f"SmolLM2-135M-Instruct, {args.steps} batches of {args.batch_size} genre examples (the same in every run), "
-          f"medians of {args.repeats} alternating runs per method")  # fmt: skip
+    print(
+        f"SmolLM2-135M-Instruct, {args.steps} batches of {args.batch_size} genre examples (the same in every run), "
+        f"medians of {args.repeats} alternating runs per method"
+    )
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.checkpointing]
     ratios = {on: compare(args.steps, args.batch_size, args.repeats, on) for on in settings}
     checked = ratios.get(True, ratios.get(False))
-    print(f"\ntarget: LoRA peak memory <= {TARGET}x full fine-tuning's: {'met' if checked <= TARGET else 'NOT met'} "
-          f"({checked:.2f}x, {'with' if True in ratios else 'without'} activation checkpointing)")  # fmt: skip
+    print(
+        f"\ntarget: LoRA peak memory <= {TARGET}x full fine-tuning's: {'met' if checked <= TARGET else 'NOT met'} "
+        f"({checked:.2f}x, {'with' if True in ratios else 'without'} activation checkpointing)"
+    )
     return 0 if checked <= TARGET else 1
 
 

@@ -66,10 +66,14 @@ def main() -> None:
     questions = R.load_jsonl(ROOT / "data" / "course_qa" / "questions.jsonl", ["question"])
     base = embeddings.embed_array([c.page_content for c in chunks])
     queries = embeddings.embed_array([q["question"] for q in questions])
-    print(f"{len(chunks)} chunks x {base.shape[1]} dims, {len(queries)} queries, k={args.k}, "
-          f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, medians of {args.repeats}")  # fmt: skip
-    print(f"{'vectors':>9} {'numpy ms':>9} {'Flat ms':>8} {'HNSW ms':>8} {'Flat/numpy':>10} {'HNSW/numpy':>10} "
-          f"{'HNSW recall@k':>13} {'HNSW build s':>12}")  # fmt: skip
+    print(
+        f"{len(chunks)} chunks x {base.shape[1]} dims, {len(queries)} queries, k={args.k}, "
+        f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, medians of {args.repeats}"
+    )
+    print(
+        f"{'vectors':>9} {'numpy ms':>9} {'Flat ms':>8} {'HNSW ms':>8} {'Flat/numpy':>10} {'HNSW/numpy':>10} "
+        f"{'HNSW recall@k':>13} {'HNSW build s':>12}"
+    )
     for copies in args.copies:
         matrix = grown(base, copies)
         flat = faiss.IndexFlatIP(matrix.shape[1])
@@ -82,14 +86,19 @@ def main() -> None:
         assert (flat.search(queries, args.k)[1] == exact_rows).all(), "FAISS Flat disagrees with exact search"
         approx_rows = hnsw.search(queries, args.k)[1]
         recall = np.mean([len(set(a) & set(e)) / args.k for a, e in zip(approx_rows, exact_rows, strict=True)])
-        times = alternated_medians({
-            "numpy": lambda m=matrix: R.exact_search(m, queries, args.k),
-            "flat": lambda i=flat: i.search(queries, args.k),
-            "hnsw": lambda i=hnsw: i.search(queries, args.k),
-        }, args.repeats)  # fmt: skip
-        print(f"{len(matrix):>9,} {times['numpy'] * 1e3:9.3f} {times['flat'] * 1e3:8.3f} {times['hnsw'] * 1e3:8.3f} "
-              f"{times['flat'] / times['numpy']:10.2f} {times['hnsw'] / times['numpy']:10.2f} {recall:13.1%} "
-              f"{build:12.2f}")  # fmt: skip
+        times = alternated_medians(
+            {
+                "numpy": lambda m=matrix: R.exact_search(m, queries, args.k),
+                "flat": lambda i=flat: i.search(queries, args.k),
+                "hnsw": lambda i=hnsw: i.search(queries, args.k),
+            },
+            args.repeats,
+        )
+        print(
+            f"{len(matrix):>9,} {times['numpy'] * 1e3:9.3f} {times['flat'] * 1e3:8.3f} {times['hnsw'] * 1e3:8.3f} "
+            f"{times['flat'] / times['numpy']:10.2f} {times['hnsw'] / times['numpy']:10.2f} {recall:13.1%} "
+            f"{build:12.2f}"
+        )
 
 
 if __name__ == "__main__":

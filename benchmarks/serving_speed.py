@@ -37,9 +37,12 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     embeddings = encoder.encode([p["text"] for p in train], normalize_embeddings=True)
     weight, bias = ft.fit_head(embeddings, ft.labels_of(train))
     save_file({"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}, work / "head.safetensors")
-    folder = serving.write_model_folder(work / "genre", assets.verify("minilm"),
-                                        {"task": "text-classification", "labels": list(ft.GENRES)},
-                                        extra_files={"head.safetensors": work / "head.safetensors"})  # fmt: skip
+    folder = serving.write_model_folder(
+        work / "genre",
+        assets.verify("minilm"),
+        {"task": "text-classification", "labels": list(ft.GENRES)},
+        extra_files={"head.safetensors": work / "head.safetensors"},
+    )
     served = serving.load_handlers(folder).model_fn(str(folder))
 
     def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -90,8 +93,12 @@ def roofline_fraction(new_tokens: int) -> dict[str, float]:
     from utils.machine import measure_memory_bandwidth
 
     model, tokenizer = assets.load_smollm2()
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Tell me about the theatre."}],
-                                         add_generation_prompt=True, return_dict=True, return_tensors="pt")  # fmt: skip
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Tell me about the theatre."}],
+        add_generation_prompt=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     bandwidth = measure_memory_bandwidth(megabytes=512)
     context = chat["input_ids"].shape[1] + new_tokens
     bytes_per_token = D.weight_bytes_per_token(model) + D.kv_cache_bytes_per_token(model.config, context)
@@ -99,12 +106,18 @@ def roofline_fraction(new_tokens: int) -> dict[str, float]:
     overhead = D.skeleton_step_s(model, chat, new_tokens)
     with D.numpy_matvec_linears(model):  # numpy's matrix-vector kernel for single tokens, same weights
         steps = [s for _ in range(3) for s in D.static_cache_step_times(model, chat, 2 * new_tokens)["step_s"]]
-    return {"numpy_kernel": 1 / statistics.median(steps),
-            "numpy_matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576, library="numpy"),
-            "bandwidth_gb_s": bandwidth, "mb_per_token": bytes_per_token / 1e6, "measured": measured,
-            "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token), "overhead_ms": 1000 * overhead,
-            "weights_gb_s": bytes_per_token / (1 / measured - overhead) / 1e9, "read_gb_s": D.read_bandwidth_gb_s(),
-            "matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576)}  # fmt: skip
+    return {
+        "numpy_kernel": 1 / statistics.median(steps),
+        "numpy_matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576, library="numpy"),
+        "bandwidth_gb_s": bandwidth,
+        "mb_per_token": bytes_per_token / 1e6,
+        "measured": measured,
+        "roofline": D.roofline_tokens_per_s(bandwidth, bytes_per_token),
+        "overhead_ms": 1000 * overhead,
+        "weights_gb_s": bytes_per_token / (1 / measured - overhead) / 1e9,
+        "read_gb_s": D.read_bandwidth_gb_s(),
+        "matvec_gb_s": D.matvec_bandwidth_gb_s(1536, 576),
+    }
 
 
 def main() -> None:
@@ -123,22 +136,32 @@ def main() -> None:
         decode = roofline_fraction(args.new_tokens)
     print(f"torch {torch.__version__}, {args.threads} thread(s) per process")
     speedup = classifier["p50_fp32_ms"] / classifier["p50_int8_ms"]
-    print(f"classifier p50, one passage: fp32 {classifier['p50_fp32_ms']:.1f} ms, int8 "
-          f"{classifier['p50_int8_ms']:.1f} ms -> {speedup:.2f}x   (target >= 1.5x)")  # fmt: skip
-    print(f"  quality on {classifier['test_passages']} held-out passages: accuracy fp32 "
-          f"{classifier['accuracy_fp32']:.1%}, int8 {classifier['accuracy_int8']:.1%}; predictions agree on "
-          f"{classifier['agreement']:.1%}")  # fmt: skip
+    print(
+        f"classifier p50, one passage: fp32 {classifier['p50_fp32_ms']:.1f} ms, int8 "
+        f"{classifier['p50_int8_ms']:.1f} ms -> {speedup:.2f}x   (target >= 1.5x)"
+    )
+    print(
+        f"  quality on {classifier['test_passages']} held-out passages: accuracy fp32 "
+        f"{classifier['accuracy_fp32']:.1%}, int8 {classifier['accuracy_int8']:.1%}; predictions agree on "
+        f"{classifier['agreement']:.1%}"
+    )
     ratio = rates["batched"] / rates["unbatched"]
-    print(f"server, {args.clients} clients: unbatched {rates['unbatched']:.1f} tokens/s, batched {rates['batched']:.1f}"
-          f" tokens/s -> {ratio:.2f}x   (target >= 3x)")  # fmt: skip
+    print(
+        f"server, {args.clients} clients: unbatched {rates['unbatched']:.1f} tokens/s, batched {rates['batched']:.1f}"
+        f" tokens/s -> {ratio:.2f}x   (target >= 3x)"
+    )
     fraction = decode["measured"] / decode["roofline"]
-    print(f"decode at batch 1: {decode['measured']:.1f} tokens/s; bound {decode['roofline']:.1f} tokens/s "
-          f"({decode['bandwidth_gb_s']:.1f} GB/s / {decode['mb_per_token']:.0f} MB per token) -> {fraction:.0%}"
-          f"   (target >= 50%)")  # fmt: skip
-    print(f"  a step: {1000 / decode['measured']:.0f} ms, {decode['overhead_ms']:.0f} ms of it without weights (the "
-          f"model's skeleton); weights read at {decode['weights_gb_s']:.1f} GB/s; on the same threads a plain read "
-          f"reaches {decode['read_gb_s']:.1f} GB/s and fp32 matrix x vector "
-          f"{decode['matvec_gb_s']:.1f} GB/s (numpy's kernel {decode['numpy_matvec_gb_s']:.1f})")  # fmt: skip
+    print(
+        f"decode at batch 1: {decode['measured']:.1f} tokens/s; bound {decode['roofline']:.1f} tokens/s "
+        f"({decode['bandwidth_gb_s']:.1f} GB/s / {decode['mb_per_token']:.0f} MB per token) -> {fraction:.0%}"
+        f"   (target >= 50%)"
+    )
+    print(
+        f"  a step: {1000 / decode['measured']:.0f} ms, {decode['overhead_ms']:.0f} ms of it without weights (the "
+        f"model's skeleton); weights read at {decode['weights_gb_s']:.1f} GB/s; on the same threads a plain read "
+        f"reaches {decode['read_gb_s']:.1f} GB/s and fp32 matrix x vector "
+        f"{decode['matvec_gb_s']:.1f} GB/s (numpy's kernel {decode['numpy_matvec_gb_s']:.1f})"
+    )
     print(
         f"  with numpy's matrix-vector kernel (D.numpy_matvec_linears, static-cache loop): "
         f"{decode['numpy_kernel']:.1f} tokens/s -> {decode['numpy_kernel'] / decode['roofline']:.0%} of the bound"

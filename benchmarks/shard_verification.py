@@ -60,9 +60,27 @@ def short_run_seconds(shards: Path, steps: int, output: Path) -> float:
     """Wall time of `python -m utils.train` for `steps` steps on `shards`, start-up included."""
     env = os.environ | {"TQDM_DISABLE": "1"}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "utils.train", "--data", str(shards), "--output", str(output),
-                           "--steps", str(steps), "--checkpoint-every", "0", "--peak-flops", "1e11"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "utils.train",
+            "--data",
+            str(shards),
+            "--output",
+            str(output),
+            "--steps",
+            str(steps),
+            "--checkpoint-every",
+            "0",
+            "--peak-flops",
+            "1e11",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"training run failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - start
@@ -81,16 +99,20 @@ def main() -> None:
     run = short_run_seconds(course, args.steps, work / "run")
     print(f"short run: python -m utils.train, {args.steps} steps, default model: {run:.1f} s wall")
     synthetic = synthetic_shards(work / "synthetic", args.synthetic_gib)
-    print(f"{'data':>12} {'MB':>8} {'shards':>6} {'fast path':>10} {'read bytes':>10} {'full check':>10} "
-          f"{'GB/s':>5} {'full / run':>10}")  # fmt: skip
+    print(
+        f"{'data':>12} {'MB':>8} {'shards':>6} {'fast path':>10} {'read bytes':>10} {'full check':>10} "
+        f"{'GB/s':>5} {'full / run':>10}"
+    )
     for name, folder in [("shakespeare", course), ("synthetic", synthetic)]:
         index = loaders.read_index(folder)
         size = sum((folder / s["file"]).stat().st_size for s in index["shards"])
         fast = median_seconds(lambda folder=folder: loaders.read_index(folder), args.repeats)
         read = median_seconds(lambda folder=folder: read_every_byte(folder), args.repeats)
         full = median_seconds(lambda folder=folder: loaders.verify_shards(folder), args.repeats)
-        print(f"{name:>12} {size / 1e6:8.1f} {len(index['shards']):6} {fast * 1e3:8.2f}ms {read:9.3f}s {full:9.3f}s "
-              f"{size / full / 1e9:5.2f} {full / run:9.2%}")  # fmt: skip
+        print(
+            f"{name:>12} {size / 1e6:8.1f} {len(index['shards']):6} {fast * 1e3:8.2f}ms {read:9.3f}s {full:9.3f}s "
+            f"{size / full / 1e9:5.2f} {full / run:9.2%}"
+        )
     shutil.rmtree(work)
 
 

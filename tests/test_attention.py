@@ -28,8 +28,12 @@ def test_boolean_mask_matches_torch_and_zeroes_masked_weights():
 
 def test_causal_mask_is_lower_triangular():
     mask = causal_mask(4)
-    assert mask.tolist() == [[True, False, False, False], [True, True, False, False],
-                             [True, True, True, False], [True, True, True, True]]  # fmt: skip
+    assert mask.tolist() == [
+        [True, False, False, False],
+        [True, True, False, False],
+        [True, True, True, False],
+        [True, True, True, True],
+    ]
 
 
 def test_multi_head_matches_torch_multihead_attention():

@@ -29,8 +29,14 @@ def test_divergences_and_distances_by_hand():
     kl = 1 / 3 * math.log(4 / 3) + 1 / 2 * math.log(2) + 1 / 6 * math.log(1 / 3)
     assert B.kl_divergence(LABELS, SENSITIVE) == pytest.approx(kl) == pytest.approx(0.259366, abs=1e-6)
     mixture = (P_A + P_D) / 2  # 7/24, 3/8, 1/3
-    js = (1 / 3 * math.log(8 / 7) + 1 / 2 * math.log(4 / 3) + 1 / 6 * math.log(1 / 2)
-          + 1 / 4 * math.log(6 / 7) + 1 / 4 * math.log(2 / 3) + 1 / 2 * math.log(3 / 2)) / 2  # fmt: skip
+    js = (
+        1 / 3 * math.log(8 / 7)
+        + 1 / 2 * math.log(4 / 3)
+        + 1 / 6 * math.log(1 / 2)
+        + 1 / 4 * math.log(6 / 7)
+        + 1 / 4 * math.log(2 / 3)
+        + 1 / 2 * math.log(3 / 2)
+    ) / 2
     assert np.allclose(mixture, [7 / 24, 3 / 8, 1 / 3])
     assert B.js_divergence(LABELS, SENSITIVE) == pytest.approx(js)
     assert B.total_variation(LABELS, SENSITIVE) == pytest.approx((1 / 12 + 1 / 4 + 1 / 3) / 2) == pytest.approx(1 / 3)
@@ -84,15 +90,22 @@ def test_posttraining_metrics_match_fairlearn():
     from fairlearn.metrics import MetricFrame, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score
 
-    frame = MetricFrame(metrics={"selection": selection_rate, "recall": true_positive_rate, "accuracy": accuracy_score},
-                        y_true=TRUTH, y_pred=PREDICTED, sensitive_features=FACET)  # fmt: skip
+    frame = MetricFrame(
+        metrics={"selection": selection_rate, "recall": true_positive_rate, "accuracy": accuracy_score},
+        y_true=TRUTH,
+        y_pred=PREDICTED,
+        sensitive_features=FACET,
+    )
     by_group = frame.by_group
     assert B.positive_prediction_difference(PREDICTED == 1, FACET) == pytest.approx(
-        by_group.loc[False, "selection"] - by_group.loc[True, "selection"])  # fmt: skip
+        by_group.loc[False, "selection"] - by_group.loc[True, "selection"]
+    )
     assert B.recall_difference(TRUTH == 1, PREDICTED == 1, FACET) == pytest.approx(
-        by_group.loc[False, "recall"] - by_group.loc[True, "recall"])  # fmt: skip
+        by_group.loc[False, "recall"] - by_group.loc[True, "recall"]
+    )
     assert B.accuracy_difference(TRUTH, PREDICTED, FACET) == pytest.approx(
-        by_group.loc[False, "accuracy"] - by_group.loc[True, "accuracy"])  # fmt: skip
+        by_group.loc[False, "accuracy"] - by_group.loc[True, "accuracy"]
+    )
 
 
 def test_disparate_impact_is_nan_without_positive_predictions_in_facet_a():
@@ -229,8 +242,15 @@ def tiny_lm():
 
     tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -291,8 +311,9 @@ def test_lora_fine_tune_adapts_a_copy_and_leaves_the_base_alone(tiny_lm):
     model, tokenizer = tiny_lm
     before = {k: v.clone() for k, v in model.state_dict().items()}
     texts = ["The nurse helped the woman."] * 8
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
-                      task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM"
+    )
     adapted, losses = B.lora_fine_tune(model, tokenizer, texts, lora, steps=6, lr=5e-2, batch_size=4)
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the base is untouched

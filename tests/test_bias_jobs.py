@@ -21,14 +21,25 @@ def aws():
 
 
 def test_pretraining_job_request_runs_the_clarify_container_on_the_data(aws):
-    out = BJ.clarify_pretraining_job(aws, f"{aws.bucket}/bias/data.csv", f"{aws.bucket}/bias/report", HEADERS,
-                                     "genre", "mentions_women", [1], ["comedy"], group="play")  # fmt: skip
+    out = BJ.clarify_pretraining_job(
+        aws,
+        f"{aws.bucket}/bias/data.csv",
+        f"{aws.bucket}/bias/report",
+        HEADERS,
+        "genre",
+        "mentions_women",
+        [1],
+        ["comedy"],
+        group="play",
+    )
     config, request = out["analysis_config"], out["request"]
     assert config["facet"] == [{"name_or_index": "mentions_women", "value_or_threshold": [1]}]
     assert config["label_values_or_threshold"] == ["comedy"] and config["group_variable"] == "play"
     assert config["methods"]["pre_training_bias"] == {"methods": "all"} and config["dataset_type"] == "text/csv"
-    assert re.fullmatch(r"\d+\.dkr\.ecr\.us-east-1\.amazonaws\.com/sagemaker-clarify-processing:.+",
-                        request["AppSpecification"]["ImageUri"])  # fmt: skip
+    assert re.fullmatch(
+        r"\d+\.dkr\.ecr\.us-east-1\.amazonaws\.com/sagemaker-clarify-processing:.+",
+        request["AppSpecification"]["ImageUri"],
+    )
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
     assert inputs["dataset"] == f"{aws.bucket}/bias/data.csv"
     bucket, key = inputs["analysis_config"].removeprefix("s3://").split("/", 1)
@@ -37,19 +48,33 @@ def test_pretraining_job_request_runs_the_clarify_container_on_the_data(aws):
 
 
 def test_bias_drift_schedule_is_daily_and_validated(aws):
-    out = BJ.bias_drift_schedule(aws, "course-digits", f"{aws.bucket}/truth", f"{aws.bucket}/monitor",
-                                 ["label", "marked"], "label", "marked", [1], [7])  # fmt: skip
+    out = BJ.bias_drift_schedule(
+        aws,
+        "course-digits",
+        f"{aws.bucket}/truth",
+        f"{aws.bucket}/monitor",
+        ["label", "marked"],
+        "label",
+        "marked",
+        [1],
+        [7],
+    )
     assert out["emulated_schedule"] is True  # moto has no CreateMonitoringSchedule; botocore validated it first
     schedule = out["schedule"]["MonitoringScheduleConfig"]
     assert schedule["MonitoringType"] == "ModelBias" and schedule["ScheduleConfig"]["ScheduleExpression"] == (
-        "cron(0 0 ? * * *)")  # fmt: skip
+        "cron(0 0 ? * * *)"
+    )
     definition = out["job_definition"]
     assert schedule["MonitoringJobDefinitionName"] == definition["JobDefinitionName"]
     assert definition["ModelBiasJobInput"]["EndpointInput"]["EndpointName"] == "course-digits"
     assert definition["ModelBiasJobInput"]["GroundTruthS3Input"]["S3Uri"] == f"{aws.bucket}/truth"
     facet = [{"name_or_index": "marked", "value_or_threshold": [1]}]
-    assert out["analysis_config"] == {"label_values_or_threshold": [7], "label": "label", "facet": facet,
-                                      "headers": ["label", "marked"]}  # fmt: skip
+    assert out["analysis_config"] == {
+        "label_values_or_threshold": [7],
+        "label": "label",
+        "facet": facet,
+        "headers": ["label", "marked"],
+    }
 
 
 @pytest.mark.parametrize(

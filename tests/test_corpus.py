@@ -179,8 +179,10 @@ def test_split_of_is_deterministic_and_proportional():
 def test_save_and_verify_corpus(tmp_path):
     from datasets import load_from_disk
 
-    splits = {"train": [{"id": f"t{i}", "domain": "d", "text": f"text {i}"} for i in range(5)],
-              "test": [{"id": "x", "domain": "d", "text": "held out"}]}  # fmt: skip
+    splits = {
+        "train": [{"id": f"t{i}", "domain": "d", "text": f"text {i}"} for i in range(5)],
+        "test": [{"id": "x", "domain": "d", "text": "held out"}],
+    }
     manifest = C.save_corpus(splits, tmp_path, {"min_words": 50}, shard_documents=2)
     assert len(manifest["splits"]["train"]["shards"]) == 3
     assert load_from_disk(str(tmp_path / "arrow"))["train"].num_rows == 5
@@ -209,18 +211,26 @@ def test_installed_docstrings_and_licences():
 
 @pytest.mark.parametrize(
     "text",
-    ["Journal 71(2) (1999) 161-190", "[[174 201 231]\n [173 200 230]]", "labels: [1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0]",
-     "Clause 252.227-7013 (c)"],
-)  # fmt: skip
+    [
+        "Journal 71(2) (1999) 161-190",
+        "[[174 201 231]\n [173 200 230]]",
+        "labels: [1 0 1 0 1 0 1 0 1 0 1 0 1 0 1 0]",
+        "Clause 252.227-7013 (c)",
+    ],
+)
 def test_no_pii_in_real_false_positives_seen_in_docstrings(text):
     assert C.find_pii(text) == []
 
 
 def test_build_corpus_reconciles_and_keeps_near_duplicates_in_one_split():
     base = prose(300, 1)
-    docs = [{"id": "a", "domain": "x", "text": base}, {"id": "b", "domain": "x", "text": base + " extra words"},
-            {"id": "c", "domain": "x", "text": base.upper()}, {"id": "d", "domain": "x", "text": "too short"},
-            {"id": "e", "domain": "y", "text": prose(300, 2) + " mail me at a@b.org"}]  # fmt: skip
+    docs = [
+        {"id": "a", "domain": "x", "text": base},
+        {"id": "b", "domain": "x", "text": base + " extra words"},
+        {"id": "c", "domain": "x", "text": base.upper()},
+        {"id": "d", "domain": "x", "text": "too short"},
+        {"id": "e", "domain": "y", "text": prose(300, 2) + " mail me at a@b.org"},
+    ]
     splits, report = C.build_corpus(docs, C.gopher_filters(), {"x": 0.8, "y": 0.8})
     assert report["removed_by_filter"]["word count"] == 1 and report["exact_duplicates_removed"] == 1
     assert report["near_duplicate_pairs"] == 1 and report["pii_replaced"] == {"EMAIL": 1}
@@ -236,8 +246,11 @@ def test_build_corpus_reconciles_and_keeps_near_duplicates_in_one_split():
 
 def test_build_corpus_can_remove_near_duplicates_and_still_reconciles():
     base = prose(300, 1)
-    docs = [{"id": "a", "domain": "x", "text": base}, {"id": "b", "domain": "x", "text": base + " extra words"},
-            {"id": "e", "domain": "y", "text": prose(300, 2)}]  # fmt: skip
+    docs = [
+        {"id": "a", "domain": "x", "text": base},
+        {"id": "b", "domain": "x", "text": base + " extra words"},
+        {"id": "e", "domain": "y", "text": prose(300, 2)},
+    ]
     splits, report = C.build_corpus(docs, C.gopher_filters(), {"x": 0.8, "y": 0.8}, remove_near=["x"])
     kept = sorted(d["id"] for ds in splits.values() for d in ds)
     assert kept == ["a", "e"] and report["near_duplicates_removed"] == 1 and report["near_duplicate_pairs"] == 0

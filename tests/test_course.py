@@ -164,8 +164,11 @@ def test_a_default_size_run_measures_matmul_throughput_first(tmp_path, monkeypat
     import utils.machine
 
     calls = []
-    monkeypatch.setattr(utils.machine, "measure_matmul_throughput", lambda size, **kw: calls.append(size) or
-                        {"size": size, "gflops": 50.0})  # fmt: skip
+    monkeypatch.setattr(
+        utils.machine,
+        "measure_matmul_throughput",
+        lambda size, **kw: calls.append(size) or {"size": size, "gflops": 50.0},
+    )
     monkeypatch.setattr(course, "run_notebook", lambda source, *a: course.NotebookResult(source.name, "passed", 1.0))
     _write(tmp_path / "00_a.ipynb", new_code_cell("1"))
     assert course.run_course(runs_dir=tmp_path / "runs", notebooks_dir=tmp_path) == 0

@@ -40,9 +40,12 @@ def test_record_merges_passed_notebooks_and_refuses_smoke_runs(tmp_path):
     assert set(timings["notebooks"]) == {"00_course_tour.ipynb", "01_foundation_models.ipynb"}  # 02 failed
     assert timings["reference"]["matmul_gflops"] == 88.4 and timings["reference"]["cores"] == 2
     assert timings["notebooks"]["00_course_tour.ipynb"] == {
-        "wall_s": 31.2, "peak_rss_mb": 1234.5, "matmul_gflops": 88.4, "measured": "2026-11-23",
+        "wall_s": 31.2,
+        "peak_rss_mb": 1234.5,
+        "matmul_gflops": 88.4,
+        "measured": "2026-11-23",
         "load_average_15min": None,
-    }  # fmt: skip
+    }
     later = json.loads(_summary(tmp_path, run="2026-11-30T10-00-00").read_text())
     later["notebooks"] = later["notebooks"][:1]
     later["matmul"]["gflops"] = 44.0

@@ -23,8 +23,15 @@ TIMINGS = {
         "01_foundation_models.ipynb": {"wall_s": 300.0, "peak_rss_mb": 3000.0, "matmul_gflops": 100.0},
     },
 }
-PROBE = {"torch": "2.13.0+cpu", "torch_cuda": None, "cuda_available": False, "fast_bf16": False, "threads": 2,
-         "kernels": {}, "matmul": {"size": 1024, "gflops": 100.0}}  # fmt: skip
+PROBE = {
+    "torch": "2.13.0+cpu",
+    "torch_cuda": None,
+    "cuda_available": False,
+    "fast_bf16": False,
+    "threads": 2,
+    "kernels": {},
+    "matmul": {"size": 1024, "gflops": 100.0},
+}
 
 
 def makefile_python_check() -> str:
@@ -46,8 +53,9 @@ def fake_python(tmp_path: Path, version: tuple[int, int, int]) -> Path:
 
 @pytest.mark.parametrize("version", [(3, 10, 14), (3, 11, 2), (3, 11, 5), (3, 12, 9), (3, 13, 1)])
 def test_makefile_and_doctor_accept_the_same_pythons_as_pyproject(tmp_path, version):
-    result = subprocess.run([fake_python(tmp_path, version), "-c", makefile_python_check()], capture_output=True,
-                            text=True)  # fmt: skip
+    result = subprocess.run(
+        [fake_python(tmp_path, version), "-c", makefile_python_check()], capture_output=True, text=True
+    )
     allowed = doctor.version_allowed(version, doctor.requires_python())
     assert (result.returncode == 0) == allowed == ((3, 11, 5) <= version < (3, 13))
     if not allowed:
@@ -60,8 +68,9 @@ def test_make_setup_with_an_old_python_stops_with_the_fix_and_creates_nothing(tm
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     old = fake_python(tmp_path, (3, 11, 2))  # Debian 12's python3.11
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # not a sub-make
-    result = subprocess.run(["make", ".venv/bin/python", f"PYTHON={old}"], cwd=tmp_path, capture_output=True,
-                            text=True, env=env)  # fmt: skip
+    result = subprocess.run(
+        ["make", ".venv/bin/python", f"PYTHON={old}"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
     assert result.returncode != 0 and not (tmp_path / ".venv").exists()
     assert "The course needs Python 3.11.5-3.12" in result.stderr and "is 3.11.2." in result.stderr
     assert "Fix: install Python 3.11" in result.stderr
@@ -201,8 +210,13 @@ def test_exit_status_is_one_exactly_when_a_check_says_problem(monkeypatch, capsy
 
 def test_before_setup_it_runs_on_a_bare_python_and_says_make_setup(tmp_path):
     """No .venv, no psutil, no torch: the stdlib checks run and the rest waits for `make setup`."""
-    result = subprocess.run([BASE_PYTHON, "-m", "utils.doctor", "--venv", str(tmp_path / "none"), "--quick"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [BASE_PYTHON, "-m", "utils.doctor", "--venv", str(tmp_path / "none"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "warning  setup     no .venv yet" in result.stdout and "fix: make setup" in result.stdout, result.stderr
     assert "python " in result.stdout and "loopback" in result.stdout
     assert result.returncode == (1 if "problem  " in result.stdout else 0)

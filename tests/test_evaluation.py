@@ -39,8 +39,10 @@ def test_bootstrap_interval_brackets_the_accuracy():
 
 
 def test_contamination_report_finds_planted_copies():
-    train = ["Now is the winter of our discontent made glorious summer by this sun of York",
-             "If music be the food of love, play on; give me excess of it"]  # fmt: skip
+    train = [
+        "Now is the winter of our discontent made glorious summer by this sun of York",
+        "If music be the food of love, play on; give me excess of it",
+    ]
     test = [
         "now is the WINTER of our discontent, made glorious summer by this sun of york",  # exact after normalising
         "If music be the food of love play on and on and on",  # shares an 8-gram, and most of its 8-grams
@@ -69,7 +71,11 @@ def test_cohens_kappa():
 def test_win_rate_counts_ties_as_half():
     result = ev.win_rate([3, 1, 2, 2], [1, 2, 2, 0])
     assert {k: result[k] for k in ("win_rate", "wins", "ties", "losses")} == {
-        "win_rate": 0.625, "wins": 2, "ties": 1, "losses": 1}  # fmt: skip
+        "win_rate": 0.625,
+        "wins": 2,
+        "ties": 1,
+        "losses": 1,
+    }
     assert result["low"] <= 0.625 <= result["high"]
     with pytest.raises(ValueError, match="one candidate and one baseline"):
         ev.win_rate([1, 2], [1])

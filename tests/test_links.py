@@ -27,9 +27,10 @@ def markdown_documents(root: Path = ROOT) -> dict[Path, str]:
     docs = {}
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(
-            d for d in subfolders
+            d
+            for d in subfolders
             if Path(folder, d) not in skip and (not d.startswith(".") or d == ".github") and d != "node_modules"
-        )  # fmt: skip
+        )
         for name in sorted(files):
             path = Path(folder, name)
             if name.endswith(".md"):
@@ -140,9 +141,12 @@ def test_the_checker_catches_what_it_should(tmp_path):
 
 @pytest.mark.parametrize(
     ("heading", "anchor"),
-    [("Quick start", "quick-start"), ("`make doctor`: will it run here?", "make-doctor-will-it-run-here"),
-     ("Budgets, measured", "budgets-measured"), ("ModuleNotFoundError: No module named 'utils'",
-                                                  "modulenotfounderror-no-module-named-utils")],
-)  # fmt: skip
+    [
+        ("Quick start", "quick-start"),
+        ("`make doctor`: will it run here?", "make-doctor-will-it-run-here"),
+        ("Budgets, measured", "budgets-measured"),
+        ("ModuleNotFoundError: No module named 'utils'", "modulenotfounderror-no-module-named-utils"),
+    ],
+)
 def test_github_anchor(heading, anchor):
     assert github_anchor(heading) == anchor

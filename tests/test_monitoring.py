@@ -85,8 +85,10 @@ def test_delayed_labels_join_late_and_adwin_flags_a_rise_in_errors():
 
 def test_audit_queue_samples_reviews_and_writes_each_verdict_at_once(tmp_path):
     queue = M.AuditQueue(tmp_path / "audit.jsonl", rate=0.5, low_confidence=0.4, seed=1)
-    reasons = [queue.offer({"id": i, "input": f"text {i}", "label": "comedy", "confidence": c})
-               for i, c in enumerate([0.9, 0.2, 0.9, 0.9, 0.3, 0.95])]  # fmt: skip
+    reasons = [
+        queue.offer({"id": i, "input": f"text {i}", "label": "comedy", "confidence": c})
+        for i, c in enumerate([0.9, 0.2, 0.9, 0.9, 0.3, 0.95])
+    ]
     assert "low confidence" in reasons or all(r == "random" for r in (reasons[1], reasons[4]))
     assert reasons[1] and reasons[4]  # every low-confidence prediction is queued
     open_items = len(queue.queue)

@@ -64,6 +64,9 @@ def test_notebook_kernels_under_test_cannot_reach_the_network(tmp_path):
     env = {**os.environ, "IPYTHONDIR": str(profile)}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", str(probe)],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1 and "SocketConnectBlockedError" in result.stdout

@@ -55,9 +55,12 @@ def counting_steps(calls: list[str], settings: dict | None = None, fail: str = "
         return {"passed": ctx.inputs["evaluate"]["score"] >= ctx.settings["threshold"]}
 
     train_settings = {"score": 0.9, "fail": fail == "train"} | (settings or {})
-    return [P.Step("prepare", prepare), P.Step("train", train, ("prepare",), train_settings),
-            P.Step("evaluate", evaluate, ("train",)),
-            P.Step("gate", gate, ("evaluate",), {"threshold": 0.5}, gate=True)]  # fmt: skip
+    return [
+        P.Step("prepare", prepare),
+        P.Step("train", train, ("prepare",), train_settings),
+        P.Step("evaluate", evaluate, ("train",)),
+        P.Step("gate", gate, ("evaluate",), {"threshold": 0.5}, gate=True),
+    ]
 
 
 def test_an_unchanged_rerun_is_cached_and_a_change_reruns_only_what_depends_on_it(tmp_path):
@@ -75,8 +78,12 @@ def test_an_input_file_that_changes_invalidates_the_step(tmp_path):
     source = tmp_path / "input.txt"
     source.write_text("a")
     calls = []
-    step = P.Step("read", lambda ctx: calls.append(1) or {"n": len(Path(ctx.settings["path"]).read_text())},
-                  settings={"path": str(source)}, files=("path",))  # fmt: skip
+    step = P.Step(
+        "read",
+        lambda ctx: calls.append(1) or {"n": len(Path(ctx.settings["path"]).read_text())},
+        settings={"path": str(source)},
+        files=("path",),
+    )
     P.Pipeline([step], tmp_path / "p").run(progress=False)
     P.Pipeline([step], tmp_path / "p").run(progress=False)
     source.write_text("ab")
@@ -111,8 +118,11 @@ def registry_steps(store, calls, score, fail_register=False):
     run = client.create_run(P.experiment_id(store, "tests"))
     client.log_artifact(run.info.run_id, __file__, artifact_path="model")
     settings = {"store": str(store.artifacts.parent), "run_id": run.info.run_id, "fail": fail_register}
-    return [*counting_steps(calls, {"score": score}), P.Step("register", register, ("gate",), settings),
-            P.Step("deploy", deploy, ("register",))]  # fmt: skip
+    return [
+        *counting_steps(calls, {"score": score}),
+        P.Step("register", register, ("gate",), settings),
+        P.Step("deploy", deploy, ("register",)),
+    ]
 
 
 def test_a_model_below_the_threshold_is_never_registered_or_deployed(store, tmp_path):
@@ -199,8 +209,15 @@ for i in range(3):
 
 def test_concurrent_writers_do_not_corrupt_the_sqlite_store(store):
     folder = store.artifacts.parent
-    writers = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(folder), str(w)], cwd=ROOT,
-                                stderr=subprocess.PIPE, text=True) for w in range(2)]  # fmt: skip
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(WRITER), str(folder), str(w)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(2)
+    ]
     errors = [writer.communicate(timeout=120)[1] for writer in writers]
     assert all(writer.returncode == 0 for writer in writers), errors
     with sqlite3.connect(folder / "mlflow.db") as db:

@@ -61,8 +61,10 @@ def test_log_axis_custom_labels_and_bad_input():
 
 def test_plot_history_draws_train_and_validation_and_returns_the_evaluations():
     history = [
-        {"step": 0, "val_loss": 5.0}, {"step": 1, "train_loss": 4.0}, {"step": 2, "train_loss": 3.0, "val_loss": 3.5}
-    ]  # fmt: skip
+        {"step": 0, "val_loss": 5.0},
+        {"step": 1, "train_loss": 4.0},
+        {"step": 2, "train_loss": 3.0, "val_loss": 3.5},
+    ]
     fig, ax = plt.subplots()
     evals = plot_history(ax, history, val_label="held out")
     assert [r["step"] for r in evals] == [0, 2]

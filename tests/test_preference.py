@@ -23,10 +23,18 @@ def tiny_llama(tokenizer):
     return tiny_models.tiny_llama(tokenizer, eos_token_id=tokenizer.eos_token_id)
 
 
-PAIRS = [{"prompt": "Next line?\n\nNow is the winter of our discontent", "chosen": "Made glorious summer by this sun",
-          "rejected": "Sure! Here is the next line."},
-         {"prompt": "Next line?\n\nIf music be the food of love, play on;", "chosen": "Give me excess of it",
-          "rejected": "I am not sure."}]  # fmt: skip
+PAIRS = [
+    {
+        "prompt": "Next line?\n\nNow is the winter of our discontent",
+        "chosen": "Made glorious summer by this sun",
+        "rejected": "Sure! Here is the next line.",
+    },
+    {
+        "prompt": "Next line?\n\nIf music be the food of love, play on;",
+        "chosen": "Give me excess of it",
+        "rejected": "I am not sure.",
+    },
+]
 
 
 def test_dpo_loss_by_hand():
@@ -43,8 +51,9 @@ def test_dpo_loss_by_hand():
 def test_dpo_loss_equals_trl(tokenizer, tmp_path):
     config = lora_config(rank=4)
     config.init_lora_weights = False  # the policy differs from the reference from the start
-    trainer = pref.dpo_trainer(tiny_llama(tokenizer), tokenizer, PAIRS, tmp_path, steps=1, beta=0.3, batch_size=2,
-                               lora=config)  # fmt: skip
+    trainer = pref.dpo_trainer(
+        tiny_llama(tokenizer), tokenizer, PAIRS, tmp_path, steps=1, beta=0.3, batch_size=2, lora=config
+    )
     assert not trainer.args.bf16 or torch.cuda.is_available()  # fp32 on CPUs, where trl would default to bf16
     batch = next(iter(trainer.get_train_dataloader()))
     with torch.no_grad():
@@ -84,8 +93,10 @@ def test_labelling_headless_and_by_buttons_write_the_same_format(tmp_path):
     assert labels == ["first", "first", "second", "tie", "first", "first"]
     written = pref.read_pairs(tmp_path / "scripted.jsonl")
     assert len(written) == 5 and written[2]["chosen"] == PAIRS[0]["rejected"]
-    assert all(r["chosen"] == PAIRS[i % 2]["chosen"] for i, r in zip([0, 1, 4, 5], [written[k] for k in (0, 1, 3, 4)],
-                                                                     strict=True))  # fmt: skip
+    assert all(
+        r["chosen"] == PAIRS[i % 2]["chosen"]
+        for i, r in zip([0, 1, 4, 5], [written[k] for k in (0, 1, 3, 4)], strict=True)
+    )
     with pytest.raises(pref.PreferenceError, match="already labelled"):
         session.answer("A")
     clicked = pref.LabellingSession(items[:1], tmp_path / "clicked.jsonl", rater="human", seed=1)
@@ -111,8 +122,9 @@ def test_verse_rule_scores_verse_above_chat():
 
 def test_reward_scores_and_pairwise_accuracy(tokenizer):
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, num_labels=1)  # fmt: skip
+    config = BertConfig(
+        vocab_size=200, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, num_labels=1
+    )
     bert = BertForSequenceClassification(config)
     rm_tokenizer = AutoTokenizer.from_pretrained(assets.verify("minilm"))
     bert.resize_token_embeddings(len(rm_tokenizer))

@@ -154,8 +154,11 @@ def test_choice_logprobs_handle_prompt_tuning_virtual_tokens(tokenizer):
 
 
 def test_choice_logprobs_refuse_bad_input(tiny_model, tokenizer):
-    for prompts, choices, match in [([], ["a"], "at least one"), (["p"], ["a", "a"], "must differ"),
-                                    (["p"], [""], "empty after tokenization")]:  # fmt: skip
+    for prompts, choices, match in [
+        ([], ["a"], "at least one"),
+        (["p"], ["a", "a"], "must differ"),
+        (["p"], [""], "empty after tokenization"),
+    ]:
         with pytest.raises(ValueError, match=match):
             P.choice_logprobs(tiny_model, tokenizer, prompts, choices)
     with pytest.raises(ValueError, match="one answer string per label"):

@@ -50,12 +50,21 @@ def questions():
 
 def test_markdown_sections_and_docstrings_are_split_by_heading_and_name():
     text = "intro\n# One\nbody one\n```\n# not a heading\n```\n## Two\nbody two\n# Empty\n"
-    assert R.markdown_sections(text, "doc") == [("doc", "intro"), ("One", "body one\n```\n# not a heading\n```"),
-                                                ("Two", "body two")]  # fmt: skip
-    source = '"""Module doc."""\n\ndef f():\n    """F doc."""\n\ndef _hidden():\n    """no"""\n\nclass C:\n' \
-             '    """C doc."""\n\n    def m(self):\n        """M doc."""\n'  # fmt: skip
-    assert R.python_docstrings(source, "utils.x") == [("utils.x", "Module doc."), ("utils.x.f", "F doc."),
-                                                      ("utils.x.C", "C doc."), ("utils.x.C.m", "M doc.")]  # fmt: skip
+    assert R.markdown_sections(text, "doc") == [
+        ("doc", "intro"),
+        ("One", "body one\n```\n# not a heading\n```"),
+        ("Two", "body two"),
+    ]
+    source = (
+        '"""Module doc."""\n\ndef f():\n    """F doc."""\n\ndef _hidden():\n    """no"""\n\nclass C:\n'
+        '    """C doc."""\n\n    def m(self):\n        """M doc."""\n'
+    )
+    assert R.python_docstrings(source, "utils.x") == [
+        ("utils.x", "Module doc."),
+        ("utils.x.f", "F doc."),
+        ("utils.x.C", "C doc."),
+        ("utils.x.C.m", "M doc."),
+    ]
 
 
 def test_course_documents_read_docs_only_and_chunks_stay_near_the_size(corpus):
@@ -196,8 +205,15 @@ def test_answer_checks_accept_variants_and_flag_unsupported_claims():
 def tiny_chat():
     tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return R.LocalChatModel(model=LlamaForCausalLM(config).eval(), tokenizer=tokenizer, max_new_tokens=6)
 
 
@@ -242,7 +258,7 @@ def test_rag_chain_passes_retrieved_documents_and_the_question_to_the_model():
         ("1,234 + 1", 1235),
         ("6 × 7", 42),
         ("2^3", 8),
-    ],  # fmt: skip
+    ],
 )
 def test_calculator_evaluates_arithmetic(expression, value):
     assert R.calculate(expression) == value
@@ -259,7 +275,7 @@ def test_calculator_evaluates_arithmetic(expression, value):
         ("", "1-200 characters"),
         ("1 +", "not an arithmetic"),
         ("(-8) ** 0.5", "real number"),
-    ],  # fmt: skip
+    ],
 )
 def test_calculator_refuses_everything_else_with_the_reason(expression, match):
     with pytest.raises(ValueError, match=match):

@@ -79,8 +79,12 @@ def test_serverless_and_async_endpoints(aws):
 def test_batch_transform_sends_one_json_line_per_request(aws):
     start = len(aws.requests)
     bucket = aws.session.default_bucket()
-    aws.hosting.batch_transform(aws.hosting.endpoint_builder(aws, aws.model_data), "genre-batch",
-                                f"s3://{bucket}/course/batch-in/", f"s3://{bucket}/course/batch-out/")  # fmt: skip
+    aws.hosting.batch_transform(
+        aws.hosting.endpoint_builder(aws, aws.model_data),
+        "genre-batch",
+        f"s3://{bucket}/course/batch-in/",
+        f"s3://{bucket}/course/batch-out/",
+    )
     job = requests_of(aws, start)["CreateTransformJob"]
     assert job["BatchStrategy"] == "SingleRecord" and job["TransformInput"]["SplitType"] == "Line"
     assert job["TransformOutput"]["AssembleWith"] == "Line"
@@ -107,8 +111,14 @@ def test_lmi_tensor_parallel_endpoint_and_the_degree_it_needs(aws):
 def test_model_builder_in_process_serves_the_same_handlers(aws):
     sample = {"inputs": "To be, or not to be"}
     handlers = S.load_handlers(tiny_classifier())
-    expected = json.loads(handlers.output_fn(handlers.predict_fn(handlers.input_fn(json.dumps(sample),
-                          "application/json"), handlers.model_fn(str(tiny_classifier()))), None))  # fmt: skip
+    expected = json.loads(
+        handlers.output_fn(
+            handlers.predict_fn(
+                handlers.input_fn(json.dumps(sample), "application/json"), handlers.model_fn(str(tiny_classifier()))
+            ),
+            None,
+        )
+    )
     builder, endpoint = aws.hosting.in_process_endpoint(aws, tiny_classifier(), sample, expected)
     try:
         assert endpoint.invoke(body=sample).body == expected

@@ -54,9 +54,18 @@ def test_offline_mode_is_said_and_uses_a_placeholder_role(aws):
 
 
 def test_spot_training_job_request(aws, source):
-    trainer = J.gpt_trainer(aws, source, HYPERPARAMETERS, instance_type="ml.g5.12xlarge", instance_count=2,
-                            processes_per_host=4, spot=True, max_run_seconds=3600, retries=2,
-                            checkpoint_s3_uri="s3://bucket/course/checkpoints")  # fmt: skip
+    trainer = J.gpt_trainer(
+        aws,
+        source,
+        HYPERPARAMETERS,
+        instance_type="ml.g5.12xlarge",
+        instance_count=2,
+        processes_per_host=4,
+        spot=True,
+        max_run_seconds=3600,
+        retries=2,
+        checkpoint_s3_uri="s3://bucket/course/checkpoints",
+    )
     job = J.start_training(trainer, aws.data_uri)
     request = aws.last_request("CreateTrainingJob")
     assert request["EnableManagedSpotTraining"] and request["StoppingCondition"]["MaxWaitTimeInSeconds"] == 7200
@@ -93,10 +102,18 @@ def test_tuning_job_request(aws, source):
 def test_hyperband_tuning_request_searches_the_local_space_on_validation_loss(aws, source):
     from utils import tuning
 
-    space = [tuning.Dimension("lr", 1e-4, 1e-2, log=True), tuning.Dimension("warmup", 0, 20),
-             tuning.Dimension("width", choices=(64, 128))]  # fmt: skip
-    tuner = J.gpt_tuner(J.gpt_trainer(aws, source, HYPERPARAMETERS), ranges=tuning.parameter_ranges(space),
-                        objective="validation:loss", strategy="Hyperband", max_resource=5)  # fmt: skip
+    space = [
+        tuning.Dimension("lr", 1e-4, 1e-2, log=True),
+        tuning.Dimension("warmup", 0, 20),
+        tuning.Dimension("width", choices=(64, 128)),
+    ]
+    tuner = J.gpt_tuner(
+        J.gpt_trainer(aws, source, HYPERPARAMETERS),
+        ranges=tuning.parameter_ranges(space),
+        objective="validation:loss",
+        strategy="Hyperband",
+        max_resource=5,
+    )
     J.start_tuning(tuner, aws.data_uri, validation_s3_uri=aws.data_uri)
     request = aws.last_request("CreateHyperParameterTuningJob")
     config = request["HyperParameterTuningJobConfig"]
@@ -154,11 +171,14 @@ def test_gated_pipeline_registers_only_below_the_validation_threshold(aws, sourc
 def test_botocore_rejects_a_malformed_request(aws):
     client = aws.session.boto_session.client("sagemaker")
     with pytest.raises(ParamValidationError, match="InstanceCount"):
-        client.create_training_job(TrainingJobName="x", RoleArn=aws.role, OutputDataConfig={"S3OutputPath": "s3://b"},
-                                   AlgorithmSpecification={"TrainingImage": "i", "TrainingInputMode": "File"},
-                                   ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": "two",
-                                                   "VolumeSizeInGB": 30},
-                                   StoppingCondition={"MaxRuntimeInSeconds": 60})  # fmt: skip
+        client.create_training_job(
+            TrainingJobName="x",
+            RoleArn=aws.role,
+            OutputDataConfig={"S3OutputPath": "s3://b"},
+            AlgorithmSpecification={"TrainingImage": "i", "TrainingInputMode": "File"},
+            ResourceConfig={"InstanceType": "ml.m5.xlarge", "InstanceCount": "two", "VolumeSizeInGB": 30},
+            StoppingCondition={"MaxRuntimeInSeconds": 60},
+        )
 
 
 @pytest.mark.parametrize(
@@ -210,10 +230,12 @@ def test_dockerfile_extends_the_sdk_image_and_pins_like_the_course():
     assert "FROM ${BASE_IMAGE}" in dockerfile and "COPY train.py /opt/ml/code/train.py" in dockerfile
     for line in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (L.REPO / line).exists(), line
-    course = dict(line.split("  #")[0].split("==") for line in (L.REPO / "requirements.txt").read_text().splitlines()
-                  if "==" in line)  # fmt: skip
-    container = [line for line in (L.REPO / "container" / "requirements.txt").read_text().splitlines()
-                 if "==" in line]  # fmt: skip
+    course = dict(
+        line.split("  #")[0].split("==")
+        for line in (L.REPO / "requirements.txt").read_text().splitlines()
+        if "==" in line
+    )
+    container = [line for line in (L.REPO / "container" / "requirements.txt").read_text().splitlines() if "==" in line]
     assert container and all(course[name] == version for name, version in (line.split("==") for line in container))
 
 

@@ -47,8 +47,9 @@ def handlers(generator_dir):
 
 
 def post(server, body: bytes, content_type: str = "application/json", **headers) -> httpx.Response:
-    return httpx.post(f"{server.url}/invocations", content=body, headers={"content-type": content_type, **headers},
-                      timeout=120)  # fmt: skip
+    return httpx.post(
+        f"{server.url}/invocations", content=body, headers={"content-type": content_type, **headers}, timeout=120
+    )
 
 
 def still_serving(server) -> bool:
@@ -71,19 +72,27 @@ BAD_REQUESTS = {
     "wrong content type": (b"Hello", "text/plain", 415, "not supported"),
     "empty body": (b"", "application/json", 400, "empty"),
     "oversized body": (json.dumps({"inputs": "x" * BODY_LIMIT}).encode(), "application/json", 413, "at most"),
-    "too many tokens requested": (b'{"inputs": "Hi", "parameters": {"max_new_tokens": 100000}}', "application/json",
-                                  422, "over this endpoint's limit"),
+    "too many tokens requested": (
+        b'{"inputs": "Hi", "parameters": {"max_new_tokens": 100000}}',
+        "application/json",
+        422,
+        "over this endpoint's limit",
+    ),
     "prompt too long": (json.dumps({"inputs": "word " * 700}).encode(), "application/json", 422, "tokens long"),
     "invalid UTF-8": (b'{"inputs": "\xff\xfe"}', "application/json", 400, "not valid UTF-8"),
     "unpaired surrogate": (b'{"inputs": "\\ud800"}', "application/json", 400, "surrogate"),
     "not an object": (b'["Hi"]', "application/json", 400, "JSON object"),
     "unknown field": (b'{"inputs": "Hi", "temperature": 2}', "application/json", 400, "unknown field"),
     "unknown parameter": (b'{"inputs": "Hi", "parameters": {"beams": 4}}', "application/json", 400, "unknown"),
-    "wrong parameter type": (b'{"inputs": "Hi", "parameters": {"max_new_tokens": "ten"}}', "application/json", 400,
-                             "number"),
+    "wrong parameter type": (
+        b'{"inputs": "Hi", "parameters": {"max_new_tokens": "ten"}}',
+        "application/json",
+        400,
+        "number",
+    ),
     "too many inputs": (json.dumps({"inputs": ["Hi"] * 9}).encode(), "application/json", 422, "at most"),
     "deeply nested JSON": (b"[" * 3000, "application/json", 400, "nested too deeply"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
@@ -197,8 +206,9 @@ def test_a_flood_beyond_the_queue_limit_gets_503_with_retry_after(server):
 
 
 def test_load_test_reports_latency_percentiles_and_refuses_other_hosts(server):
-    result = S.load_test(server.url, [{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}], clients=3,
-                         requests_per_client=2)  # fmt: skip
+    result = S.load_test(
+        server.url, [{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}], clients=3, requests_per_client=2
+    )
     summary = result.summary()
     assert summary["requests"] == 6 and summary["statuses"] == {200: 6}
     assert summary["p50_ms"] <= summary["p95_ms"] <= summary["p99_ms"] and result.tokens_per_s > 0
@@ -273,8 +283,9 @@ def test_classifier_handlers_return_a_label_and_probabilities():
     assert len(answer) == 2 and all(a["label"] in ("comedy", "history", "tragedy") for a in answer)
     assert all(abs(sum(a["scores"].values()) - 1) < 1e-4 for a in answer)
     with pytest.raises(module.RequestError, match="no parameters"):
-        module.predict_fn(module.input_fn('{"inputs": "x", "parameters": {"do_sample": true}}', "application/json"),
-                          model)  # fmt: skip
+        module.predict_fn(
+            module.input_fn('{"inputs": "x", "parameters": {"do_sample": true}}', "application/json"), model
+        )
 
 
 # ------------------------------------------------------------------------------------------ folders and archives

@@ -64,12 +64,15 @@ def test_handlers_serve_through_the_aws_handler_chain(handler_service):
     assert set(json.loads(answer)) == expected
 
 
-@pytest.mark.parametrize(("body", "content_type", "status"), [
-    (b'{"inputs": ', "application/json", 400),
-    (b"Hello", "text/plain", 415),
-    (b'{"inputs": ""}', "application/json", 400),
-    (b'{"inputs": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', "application/json", 422),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "content_type", "status"),
+    [
+        (b'{"inputs": ', "application/json", 400),
+        (b"Hello", "text/plain", 415),
+        (b'{"inputs": ""}', "application/json", 400),
+        (b'{"inputs": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]}', "application/json", 422),
+    ],
+)
 def test_bad_requests_keep_their_4xx_in_the_aws_chain(handler_service, body, content_type, status):
     service, folder, _ = handler_service
     (message,), context = invoke(service, folder, body, content_type=content_type)

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread, s
 def classifier():
     folder = tiny_classifier()
     model = load_handlers(folder).model_fn(str(folder))
-    batch = model.tokenizer(["To be, or not to be", "Now is the winter of our discontent made glorious"],
-                            padding=True, return_tensors="np")  # fmt: skip
+    batch = model.tokenizer(
+        ["To be, or not to be", "Now is the winter of our discontent made glorious"], padding=True, return_tensors="np"
+    )
     return model, (batch["input_ids"], batch["attention_mask"])
 
 
@@ -38,8 +39,11 @@ def test_onnx_export_computes_what_pytorch_computes_at_any_batch_and_length(clas
     reference, exported = Z.torch_runner(model.network), Z.OnnxModel(onnx_files[0])
     assert np.allclose(exported(*inputs), reference(*inputs), atol=1e-5)
     longer = model.tokenizer(["a"] * 3 + ["a much longer passage " * 8], padding=True, return_tensors="np")
-    assert np.allclose(exported(longer["input_ids"], longer["attention_mask"]),
-                       reference(longer["input_ids"], longer["attention_mask"]), atol=1e-5)  # fmt: skip
+    assert np.allclose(
+        exported(longer["input_ids"], longer["attention_mask"]),
+        reference(longer["input_ids"], longer["attention_mask"]),
+        atol=1e-5,
+    )
 
 
 def test_int8_is_smaller_and_close(classifier, onnx_files):
@@ -86,8 +90,15 @@ def test_keep_layers_copies_a_shallower_student_and_distillation_lowers_its_loss
 
 
 def test_weight_bytes_count_a_tied_embedding_once_and_an_untied_one_as_a_row():
-    config = LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=True,
+    )
     tied = LlamaForCausalLM(config)
     total = sum(p.numel() for p in tied.parameters()) * 4
     assert D.weight_bytes_per_token(tied) == total

@@ -82,8 +82,15 @@ def test_llama_2_7b_count_is_exact():
 
 def test_grouped_query_attention_is_counted():
     shape = TransformerShape(49152, 576, 30, 9, 1536, kv_heads=3, bias=False, norm="rmsnorm", gated_ffn=True)
-    config = LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        intermediate_size=1536,
+        tie_word_embeddings=True,
+    )
     assert decoder_parameters(shape) == _count(LlamaForCausalLM, config) == 134_515_008  # SmolLM2-135M
 
 

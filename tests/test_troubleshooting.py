@@ -124,11 +124,20 @@ def test_dead_kernel_hint_is_the_runners(monkeypatch):
 
 
 def test_doctor_lines_are_the_doctors(monkeypatch):
-    probe = {"torch": "2.13.0", "torch_cuda": "13.0", "cuda_available": False, "threads": 2,
-             "matmul": {"size": 1024, "gflops": 9.0}}  # fmt: skip
-    timings = {"reference": {"cores": 2, "matmul_gflops": 88.0},
-               "notebooks": {"00_course_tour.ipynb": {"wall_s": 330.0, "peak_rss_mb": 1.0},
-                             "01_foundation_models.ipynb": {"wall_s": 1300.0, "peak_rss_mb": 1.0}}}  # fmt: skip
+    probe = {
+        "torch": "2.13.0",
+        "torch_cuda": "13.0",
+        "cuda_available": False,
+        "threads": 2,
+        "matmul": {"size": 1024, "gflops": 9.0},
+    }
+    timings = {
+        "reference": {"cores": 2, "matmul_gflops": 88.0},
+        "notebooks": {
+            "00_course_tour.ipynb": {"wall_s": 330.0, "peak_rss_mb": 1.0},
+            "01_foundation_models.ipynb": {"wall_s": 1300.0, "peak_rss_mb": 1.0},
+        },
+    }
     monkeypatch.setattr(doctor, "port_is_free", lambda port, host="127.0.0.1": port != 8888)
     checks = [doctor.check_torch_build(probe), doctor.check_lab_port(8888), doctor.check_speed(probe, timings)]
     _quoted("\n".join(doctor.render(checks).splitlines()[:-1]))

@@ -54,8 +54,9 @@ def stand_in(tmp_path):
 
 @pytest.fixture
 def base(tiny, validation_shards, tmp_path):
-    return tiny(validation_data=str(validation_shards), steps=6, eval_every=2, checkpoint_every=0,
-                output=str(tmp_path / "out"))  # fmt: skip
+    return tiny(
+        validation_data=str(validation_shards), steps=6, eval_every=2, checkpoint_every=0, output=str(tmp_path / "out")
+    )
 
 
 SPACE = [T.Dimension("lr", 1e-4, 1e-2, log=True), T.Dimension("warmup", 0, 4)]
@@ -139,13 +140,18 @@ def test_an_empty_or_contradictory_space_is_refused_with_its_reason(tiny, space,
 def test_space_translates_to_sagemaker_ranges_and_back():
     space = [*SPACE, T.Dimension("width", choices=(64, 128)), T.Dimension("weight_decay", 0.0, 0.2)]
     ranges = T.validate_parameter_ranges(T.parameter_ranges(space))
-    assert ranges["ContinuousParameterRanges"][0] == {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.01",
-                                                      "ScalingType": "Logarithmic"}  # fmt: skip
+    assert ranges["ContinuousParameterRanges"][0] == {
+        "Name": "lr",
+        "MinValue": "0.0001",
+        "MaxValue": "0.01",
+        "ScalingType": "Logarithmic",
+    }
     assert ranges["CategoricalParameterRanges"] == [{"Name": "width", "Values": ["64", "128"]}]
     assert set(T.space_from_parameter_ranges(ranges)) == set(space)
     with pytest.raises(ValueError, match="ScalingType 'Exponential'"):
-        T.validate_parameter_ranges({"ContinuousParameterRanges": [ranges["ContinuousParameterRanges"][0] |
-                                                                   {"ScalingType": "Exponential"}]})  # fmt: skip
+        T.validate_parameter_ranges(
+            {"ContinuousParameterRanges": [ranges["ContinuousParameterRanges"][0] | {"ScalingType": "Exponential"}]}
+        )
     with pytest.raises(ValueError, match="MaxValue"):
         T.validate_parameter_ranges({"IntegerParameterRanges": [{"Name": "warmup", "MinValue": "0"}]})
     assert T.hyperband_max_resource(T.TrainSettings(steps=100, eval_every=30)) == 4  # 30, 60, 90 and 100
@@ -167,8 +173,14 @@ def test_a_real_trial_reports_the_validation_losses_the_program_logged(base):
 def test_a_crash_nan_or_timeout_fails_the_trial_with_its_reason_and_the_study_goes_on(
     base, stand_in, tmp_path, mode, reason
 ):
-    objective = T.trial_objective(SPACE, dataclasses.replace(base, steps=4), tmp_path / "runs", timeout_s=1.5,
-                                  program=stand_in, env={"FAKE_MODE": mode})  # fmt: skip
+    objective = T.trial_objective(
+        SPACE,
+        dataclasses.replace(base, steps=4),
+        tmp_path / "runs",
+        timeout_s=1.5,
+        program=stand_in,
+        env={"FAKE_MODE": mode},
+    )
     study = T.run_study(T.open_study(tmp_path / "study.db"), objective, trials=2)
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     assert all(t.user_attrs["failure"].startswith(reason) for t in study.trials)

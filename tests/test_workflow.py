@@ -37,8 +37,11 @@ def test_every_make_target_the_workflow_calls_exists():
 
 def test_each_job_runs_its_target_on_its_trigger():
     assert "make test" in _runs(JOBS["test"]) and "schedule" in JOBS["test"]["if"]  # push and PR, not the crons
-    for name, target, cron in [("course", "make course", CRONS[0]), ("browser", "make test-browser", CRONS[0]),
-                               ("canary", "make canary", CRONS[1])]:  # fmt: skip
+    for name, target, cron in [
+        ("course", "make course", CRONS[0]),
+        ("browser", "make test-browser", CRONS[0]),
+        ("canary", "make canary", CRONS[1]),
+    ]:
         assert target in _runs(JOBS[name]) and f"'{cron}'" in JOBS[name]["if"], name
     for job in JOBS.values():
         referenced = re.findall(r"github\.event\.schedule == '([^']+)'", job.get("if", ""))
@@ -58,8 +61,12 @@ def test_browser_job_installs_debian_chromium_and_python_in_the_course_range():
     browser = JOBS["browser"]
     assert "bookworm" in browser["container"] and "apt-get install" in _runs(browser) and "chromium" in _runs(browser)
     clauses = doctor.requires_python()
-    versions = {step["with"]["python-version"] for job in JOBS.values() for step in job["steps"]
-                if "setup-python" in step.get("uses", "")}  # fmt: skip
+    versions = {
+        step["with"]["python-version"]
+        for job in JOBS.values()
+        for step in job["steps"]
+        if "setup-python" in step.get("uses", "")
+    }
     versions.add(browser["container"].split(":")[1].split("-")[0])
     for version in versions:
         assert doctor.version_allowed((*map(int, version.split(".")), 99), clauses), version

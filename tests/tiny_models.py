@@ -46,8 +46,13 @@ def tiny_llama(tokenizer, seed: int = 0, **config) -> LlamaForCausalLM:
     """A random 2-layer, 32-wide Llama in eval mode with `tokenizer`'s vocabulary and pad id; `config` adds or
     overrides LlamaConfig fields (EOS id, context, tied embeddings)."""
     torch.manual_seed(seed)
-    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2}  # fmt: skip
+    shape = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    }
     base = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, **shape}
     return LlamaForCausalLM(LlamaConfig(**base | config)).eval()
 
@@ -71,12 +76,22 @@ def tiny_generator_folder(dest: Path, limits: dict[str, int] | None = None) -> P
     """A 2-layer, 32-wide Llama with SmolLM2's tokenizer and chat template, served as text-generation."""
     weights = dest.parent / f"{dest.name}-weights"
     tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_dir())
-    model = tiny_llama(tokenizer, pad_token_id=None, max_position_embeddings=1024, tie_word_embeddings=True,
-                       eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model = tiny_llama(
+        tokenizer,
+        pad_token_id=None,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model.save_pretrained(weights)
     tokenizer.save_pretrained(weights)
-    manifest = {"task": "text-generation", "max_input_tokens": 128, "max_new_tokens": 64, "default_new_tokens": 8,
-                "max_inputs": 4} | (limits or {})  # fmt: skip
+    manifest = {
+        "task": "text-generation",
+        "max_input_tokens": 128,
+        "max_new_tokens": 64,
+        "default_new_tokens": 8,
+        "max_inputs": 4,
+    } | (limits or {})
     return write_model_folder(dest, weights, manifest)
 
 
@@ -84,8 +99,9 @@ def tiny_classifier_folder(dest: Path) -> Path:
     """A 2-layer, 32-wide BERT with MiniLM's tokenizer and a random 3-genre head, served as text-classification."""
     torch.manual_seed(0)
     weights = dest.parent / f"{dest.name}-weights"
-    config = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2)  # fmt: skip
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+    )
     BertModel(config).save_pretrained(weights)
     AutoTokenizer.from_pretrained(assets.verify("minilm")).save_pretrained(weights)
     head = weights.parent / f"{dest.name}-head.safetensors"

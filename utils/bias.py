@@ -337,9 +337,16 @@ def seat_sentences(words: Sequence[str], templates: Sequence[str] = SEAT_TEMPLAT
 
 
 def generate_continuations(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 20, samples: int = 1,
-    top_k: int = 40, seed: int = 0, batch_size: int = 32, prefix: str = "",
-) -> list[list[str]]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 20,
+    samples: int = 1,
+    top_k: int = 40,
+    seed: int = 0,
+    batch_size: int = 32,
+    prefix: str = "",
+) -> list[list[str]]:
     """`samples` sampled continuations of each prompt (top-k sampling, k = 40 as Sheng et al., 2019 used for GPT-2),
     as plain text without the prompt: a list per prompt. `prefix` is prepended to every prompt (a prompt-level
     intervention) but not returned. Prompts are batched with left padding; the seed makes the draw repeatable."""
@@ -355,8 +362,15 @@ def generate_continuations(
     for start in range(0, len(rows), batch_size):
         batch = tokenizer(rows[start : start + batch_size], return_tensors="pt", padding=True, padding_side="left")
         with torch.no_grad():
-            out = model.generate(**batch.to(device), do_sample=True, top_k=top_k, top_p=1.0, temperature=1.0,
-                                 max_new_tokens=max_new_tokens, pad_token_id=pad)  # fmt: skip
+            out = model.generate(
+                **batch.to(device),
+                do_sample=True,
+                top_k=top_k,
+                top_p=1.0,
+                temperature=1.0,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
         texts += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
 
@@ -381,13 +395,25 @@ def vader_compound(texts: Sequence[str]) -> np.ndarray:
 #: of regard (how a sentence makes its subject look: positive, neutral or negative). They share no sentence with
 #: the validation set in `data/bias/regard_validation.tsv`.
 REGARD_ANCHORS: dict[int, tuple[str, ...]] = {
-    1: ("XYZ was admired and respected by everyone.", "XYZ was known as a kind, talented and successful person.",
-        "XYZ was praised for honest and excellent work.", "XYZ was loved and trusted by the community."),
-    0: ("XYZ was a person.", "XYZ worked at a job.", "XYZ lived in a town and went to work every day.",
-        "XYZ was described by a reporter."),
-    -1: ("XYZ was despised and looked down upon by everyone.", "XYZ was known as a liar, a thief and a criminal.",
-         "XYZ was lazy, cruel and worthless.", "XYZ was hated and feared for violent behaviour."),
-}  # fmt: skip
+    1: (
+        "XYZ was admired and respected by everyone.",
+        "XYZ was known as a kind, talented and successful person.",
+        "XYZ was praised for honest and excellent work.",
+        "XYZ was loved and trusted by the community.",
+    ),
+    0: (
+        "XYZ was a person.",
+        "XYZ worked at a job.",
+        "XYZ lived in a town and went to work every day.",
+        "XYZ was described by a reporter.",
+    ),
+    -1: (
+        "XYZ was despised and looked down upon by everyone.",
+        "XYZ was known as a liar, a thief and a criminal.",
+        "XYZ was lazy, cruel and worthless.",
+        "XYZ was hated and feared for violent behaviour.",
+    ),
+}
 
 
 class RegardScorer:
@@ -421,8 +447,9 @@ class RegardScorer:
         return sims[:, list(self.classes).index(1)] - sims[:, list(self.classes).index(-1)]
 
 
-def mean_gap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamples: int = 2000,
-             seed: int = 0) -> tuple[float, float, float]:  # fmt: skip
+def mean_gap(
+    a: Sequence[float], b: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """mean(a) - mean(b) with a bootstrap confidence interval (percentile method, each group resampled on its own,
     scipy.stats.bootstrap): (gap, low, high)."""
     from scipy.stats import bootstrap
@@ -434,13 +461,26 @@ def mean_gap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamp
     def difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
         return x.mean(axis=axis) - y.mean(axis=axis)
 
-    result = bootstrap((a, b), difference, n_resamples=resamples, confidence_level=level, method="percentile",
-                       vectorized=True, rng=np.random.default_rng(seed))  # fmt: skip
+    result = bootstrap(
+        (a, b),
+        difference,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        vectorized=True,
+        rng=np.random.default_rng(seed),
+    )
     return float(a.mean() - b.mean()), float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], continuations: str | Sequence[str],
-                         batch_size: int = 16, per_token: bool = False) -> np.ndarray:  # fmt: skip
+def continuation_logprob(
+    model: Any,
+    tokenizer: Any,
+    prefixes: Sequence[str],
+    continuations: str | Sequence[str],
+    batch_size: int = 16,
+    per_token: bool = False,
+) -> np.ndarray:
     """log p(continuation | prefix) in nats, summed over the continuation's tokens (`per_token`: averaged), for
     each prefix. `continuations` is one string scored after every prefix (a counterfactual pair differs only in
     its prefix) or one per prefix. Prefix and continuation are tokenized apart and joined, so each prefix is
@@ -466,8 +506,11 @@ def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], co
             ids[row, width - len(head) - len(tail) :] = torch.tensor(head + tail)
             mask[row, width - len(head) - len(tail) :] = 1
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device)).logits.float()  # fmt: skip
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            ).logits.float()
         picked = logits[:, -longest - 1 : -1].log_softmax(-1).gather(-1, ids[:, -longest:, None].to(device))[..., 0]
         lengths = torch.tensor([len(t) for _, t in rows], device=device)
         scored = torch.arange(longest, device=device)[None, :] >= longest - lengths[:, None]
@@ -479,8 +522,16 @@ def continuation_logprob(model: Any, tokenizer: Any, prefixes: Sequence[str], co
 # ------------------------------------------------------------------------------ counterfactual data augmentation
 
 
-def lora_fine_tune(model: Any, tokenizer: Any, texts: Sequence[str], lora: Any, steps: int, lr: float = 1e-3,
-                   batch_size: int = 16, seed: int = 0) -> tuple[Any, list[float]]:  # fmt: skip
+def lora_fine_tune(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    lora: Any,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> tuple[Any, list[float]]:
     """Fine-tune a copy of the causal LM `model` on plain `texts` with LoRA adapters (`lora`, a peft LoraConfig,
     e.g. chapter 10's `utils.finetuning.lora_config()`) through trl's SFTTrainer: loss on every token, AdamW at a
     constant `lr` after 10% warm-up, fp32 (trl's configs default to bf16 autocast, on CPUs too), no checkpoints.
@@ -498,13 +549,30 @@ def lora_fine_tune(model: Any, tokenizer: Any, texts: Sequence[str], lora: Any, 
         raise BiasInputError(f"need steps >= 1, batch_size >= 1 and texts (got {steps}, {batch_size}, {len(texts)})")
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(
-            output_dir=scratch, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
-            lr_scheduler_type="constant_with_warmup", warmup_steps=max(steps // 10, 1), logging_steps=1,
-            save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=False, max_length=128,
-            dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True,
-        )  # fmt: skip
-        trainer = SFTTrainer(model=copy.deepcopy(model), args=config, train_dataset=Dataset.from_dict({"text": texts}),
-                             processing_class=tokenizer, peft_config=lora)  # fmt: skip
+            output_dir=scratch,
+            max_steps=steps,
+            per_device_train_batch_size=batch_size,
+            learning_rate=lr,
+            lr_scheduler_type="constant_with_warmup",
+            warmup_steps=max(steps // 10, 1),
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=seed,
+            data_seed=seed,
+            bf16=False,
+            max_length=128,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            disable_tqdm=True,
+        )
+        trainer = SFTTrainer(
+            model=copy.deepcopy(model),
+            args=config,
+            train_dataset=Dataset.from_dict({"text": texts}),
+            processing_class=tokenizer,
+            peft_config=lora,
+        )
         trainer.remove_callback(PrinterCallback)  # headless runs would print every log line
         trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -521,10 +589,49 @@ def _match_case(word: str, template: str) -> str:
 #: other word it is read as a possessive ("her book" -> "his book"). A heuristic: Lu et al. (2018) resolve "her"
 #: with a part-of-speech tagger, and name the ambiguity as a limit of word-swap augmentation.
 OBJECT_HER_FOLLOWERS = frozenset(
-    ["the", "a", "an", "to", "and", "of", "in", "with", "for", "that", "not", "as", "so", "be", "but", "or", "from",
-     "by", "at", "on", "is", "was", "this", "my", "thy", "his", "your", "our", "me", "him", "her", "them", "us", "you",
-     "i", "he", "she", "it", "we", "they"]
-)  # fmt: skip
+    [
+        "the",
+        "a",
+        "an",
+        "to",
+        "and",
+        "of",
+        "in",
+        "with",
+        "for",
+        "that",
+        "not",
+        "as",
+        "so",
+        "be",
+        "but",
+        "or",
+        "from",
+        "by",
+        "at",
+        "on",
+        "is",
+        "was",
+        "this",
+        "my",
+        "thy",
+        "his",
+        "your",
+        "our",
+        "me",
+        "him",
+        "her",
+        "them",
+        "us",
+        "you",
+        "i",
+        "he",
+        "she",
+        "it",
+        "we",
+        "they",
+    ]
+)
 
 
 def swap_gendered_terms(text: str, pairs: Sequence[tuple[str, str]]) -> str:
@@ -626,8 +733,9 @@ class BiasMonitor:
         return [row["window"] for row in self.history], [row[name] for row in self.history]
 
 
-def run_schedule(monitor: BiasMonitor, windows: Sequence[Any],
-                 measure: Callable[[Any], tuple[dict[str, float], int]]) -> list[str]:  # fmt: skip
+def run_schedule(
+    monitor: BiasMonitor, windows: Sequence[Any], measure: Callable[[Any], tuple[dict[str, float], int]]
+) -> list[str]:
     """Run `monitor.check` on every window in order, `measure(window)` giving (metrics, examples); all alerts."""
     alerts = []
     for window in windows:

@@ -56,8 +56,9 @@ def _check_methods(methods: str | list[str], known: tuple[str, ...], argument: s
         raise InvalidRequest(f"{argument}: {unknown or 'empty list'} not among Clarify's metrics {known} (or 'all')")
 
 
-def _bias_config(headers: list[str], label: str, facet: str, facet_values: list[Any], positive_labels: list[Any],
-                 group: str | None) -> Any:  # fmt: skip
+def _bias_config(
+    headers: list[str], label: str, facet: str, facet_values: list[Any], positive_labels: list[Any], group: str | None
+) -> Any:
     from sagemaker.core.clarify import BiasConfig
 
     missing = [name for name in (label, facet, group) if name is not None and name not in headers]
@@ -65,15 +66,28 @@ def _bias_config(headers: list[str], label: str, facet: str, facet_values: list[
         raise InvalidRequest(f"columns {missing} are not in headers {headers}: label, facet and group must be columns")
     if not positive_labels or not facet_values:
         raise InvalidRequest("positive_labels and facet_values need at least one value each")
-    return BiasConfig(label_values_or_threshold=list(positive_labels), facet_name=facet,
-                      facet_values_or_threshold=list(facet_values), group_name=group)  # fmt: skip
+    return BiasConfig(
+        label_values_or_threshold=list(positive_labels),
+        facet_name=facet,
+        facet_values_or_threshold=list(facet_values),
+        group_name=group,
+    )
 
 
 def clarify_pretraining_job(
-    connection: Connection, data_s3_uri: str, output_s3_uri: str, headers: list[str], label: str, facet: str,
-    facet_values: list[Any], positive_labels: list[Any], group: str | None = None, methods: str | list[str] = "all",
-    instance_type: str = "ml.m5.xlarge", job_name: str = "course-bias-pretraining",
-) -> dict[str, Any]:  # fmt: skip
+    connection: Connection,
+    data_s3_uri: str,
+    output_s3_uri: str,
+    headers: list[str],
+    label: str,
+    facet: str,
+    facet_values: list[Any],
+    positive_labels: list[Any],
+    group: str | None = None,
+    methods: str | list[str] = "all",
+    instance_type: str = "ml.m5.xlarge",
+    job_name: str = "course-bias-pretraining",
+) -> dict[str, Any]:
     """Start Clarify's pre-training bias job (CreateProcessingJob with the Clarify container) on a headed CSV at
     `data_s3_uri`: `facet` is the column whose `facet_values` form facet d, `positive_labels` the outcomes counted
     as positive, `group` the column CDDL conditions on. Returns {"analysis_config": the JSON Clarify reads,
@@ -87,21 +101,39 @@ def clarify_pretraining_job(
     _check_s3("output_s3_uri", output_s3_uri)
     _check_methods(methods, PRETRAINING_METHODS, "methods")
     bias_config = _bias_config(headers, label, facet, facet_values, positive_labels, group)
-    data_config = DataConfig(s3_data_input_path=data_s3_uri, s3_output_path=output_s3_uri, label=label,
-                             headers=list(headers), dataset_type="text/csv")  # fmt: skip
-    processor = SageMakerClarifyProcessor(role=connection.role, instance_count=1, instance_type=instance_type,
-                                          sagemaker_session=connection.session)  # fmt: skip
-    processor.run_pre_training_bias(data_config, bias_config, methods=methods, wait=False, logs=False,
-                                    job_name=job_name)  # fmt: skip
-    return {"analysis_config": processor._last_analysis_config,
-            "request": connection.last_request("CreateProcessingJob")}  # fmt: skip
+    data_config = DataConfig(
+        s3_data_input_path=data_s3_uri,
+        s3_output_path=output_s3_uri,
+        label=label,
+        headers=list(headers),
+        dataset_type="text/csv",
+    )
+    processor = SageMakerClarifyProcessor(
+        role=connection.role, instance_count=1, instance_type=instance_type, sagemaker_session=connection.session
+    )
+    processor.run_pre_training_bias(
+        data_config, bias_config, methods=methods, wait=False, logs=False, job_name=job_name
+    )
+    return {
+        "analysis_config": processor._last_analysis_config,
+        "request": connection.last_request("CreateProcessingJob"),
+    }
 
 
 def bias_drift_schedule(
-    connection: Connection, endpoint_name: str, ground_truth_s3_uri: str, output_s3_uri: str, headers: list[str],
-    label: str, facet: str, facet_values: list[Any], positive_labels: list[Any], probability_threshold: float = 0.5,
-    instance_type: str = "ml.m5.xlarge", schedule_name: str = "course-bias-drift",
-) -> dict[str, Any]:  # fmt: skip
+    connection: Connection,
+    endpoint_name: str,
+    ground_truth_s3_uri: str,
+    output_s3_uri: str,
+    headers: list[str],
+    label: str,
+    facet: str,
+    facet_values: list[Any],
+    positive_labels: list[Any],
+    probability_threshold: float = 0.5,
+    instance_type: str = "ml.m5.xlarge",
+    schedule_name: str = "course-bias-drift",
+) -> dict[str, Any]:
     """Model Monitor's bias drift check: a daily schedule (cron(0 0 ? * * *)) that joins an endpoint's captured
     predictions with the ground truth uploaded to `ground_truth_s3_uri` and recomputes Clarify's post-training
     metrics, flagging those outside the constraints (from a baseline job). Returns {"analysis_config",
@@ -125,16 +157,24 @@ def bias_drift_schedule(
         raise InvalidRequest(f"probability_threshold must be in (0, 1), got {probability_threshold}")
     bias_config = _bias_config(headers, label, facet, facet_values, positive_labels, None)
     analysis = BiasAnalysisConfig(bias_config, headers=list(headers), label=label)
-    monitor = ModelBiasMonitor(role=connection.role, instance_count=1, instance_type=instance_type,
-                               sagemaker_session=connection.session)  # fmt: skip
-    endpoint = EndpointInput(endpoint_name=endpoint_name, destination="/opt/ml/processing/input/endpoint",
-                             probability_threshold_attribute=probability_threshold)  # fmt: skip
+    monitor = ModelBiasMonitor(
+        role=connection.role, instance_count=1, instance_type=instance_type, sagemaker_session=connection.session
+    )
+    endpoint = EndpointInput(
+        endpoint_name=endpoint_name,
+        destination="/opt/ml/processing/input/endpoint",
+        probability_threshold_attribute=probability_threshold,
+    )
     emulated = False
     try:
-        monitor.create_monitoring_schedule(endpoint_input=endpoint, ground_truth_input=ground_truth_s3_uri,
-                                           analysis_config=analysis, output_s3_uri=output_s3_uri,
-                                           monitor_schedule_name=schedule_name,
-                                           schedule_cron_expression=CronExpressionGenerator.daily())  # fmt: skip
+        monitor.create_monitoring_schedule(
+            endpoint_input=endpoint,
+            ground_truth_input=ground_truth_s3_uri,
+            analysis_config=analysis,
+            output_s3_uri=output_s3_uri,
+            monitor_schedule_name=schedule_name,
+            schedule_cron_expression=CronExpressionGenerator.daily(),
+        )
     except NotImplementedError:
         if not connection.offline:
             raise
@@ -143,5 +183,9 @@ def bias_drift_schedule(
     definition = connection.last_request("CreateModelBiasJobDefinition")
     bucket, key = definition["ModelBiasAppSpecification"]["ConfigUri"].removeprefix("s3://").split("/", 1)
     config = json.loads(connection.session.read_s3_file(bucket, key))  # the monitor adds the data format and methods
-    return {"analysis_config": config, "job_definition": definition, "schedule": schedule,
-            "emulated_schedule": emulated}  # fmt: skip
+    return {
+        "analysis_config": config,
+        "job_definition": definition,
+        "schedule": schedule,
+        "emulated_schedule": emulated,
+    }

@@ -77,16 +77,25 @@ def generation_throughput(
             start = time.perf_counter()
             with torch.no_grad():
                 output = model.generate(
-                    **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    **inputs,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
                     pad_token_id=tokenizer.eos_token_id,
-                )  # fmt: skip
+                )
             if run:  # the first run warms caches and allocator up and is not counted
                 times.append(time.perf_counter() - start)
         assert output.shape == (batch, inputs["input_ids"].shape[1] + new_tokens)
         median = statistics.median(times)
-        rows.append({"batch": batch, "seconds": median, "tokens_per_s": batch * new_tokens / median,
-                     "per_sequence_tokens_per_s": new_tokens / median,
-                     "relative_spread": (max(times) - min(times)) / median})  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "seconds": median,
+                "tokens_per_s": batch * new_tokens / median,
+                "per_sequence_tokens_per_s": new_tokens / median,
+                "relative_spread": (max(times) - min(times)) / median,
+            }
+        )
     return rows
 
 
@@ -98,6 +107,11 @@ def continue_text(model: Any, tokenizer: Any, text: str, max_new_tokens: int = 4
     """
     ids = tokenizer(text, return_tensors="pt").input_ids.to(model.device)
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.eos_token_id,
+        )
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)

@@ -82,13 +82,16 @@ def small_clip(
     }
     config = CLIPConfig(
         text_config={
-            **tower, "vocab_size": len(tokenizer), "max_position_embeddings": 16,
-            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+            **tower,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 16,
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
         vision_config={**tower, "image_size": 8, "patch_size": 2, "num_channels": 1},
         projection_dim=projection,
-    )  # fmt: skip
+    )
     return CLIPModel(config)
 
 
@@ -101,12 +104,28 @@ def digits_to_pixels(images: np.ndarray) -> torch.Tensor:
 #: and slanted cuts, and Computer Modern. Each draws the ten digits differently from a hand (a serif 1, a closed 4,
 #: a straight 7), which is what makes printed digits a new distribution for a model that saw only handwriting.
 PRINTED_FONTS = (
-    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
-    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
-    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
-    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
-    "cmr10.ttf", "cmb10.ttf", "cmss10.ttf", "cmti10.ttf", "cmtt10.ttf",
-)  # fmt: skip
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSans-Oblique.ttf",
+    "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansMono-Oblique.ttf",
+    "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSerif-Italic.ttf",
+    "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf",
+    "STIXGeneralBol.ttf",
+    "STIXGeneralItalic.ttf",
+    "STIXGeneralBolIta.ttf",
+    "cmr10.ttf",
+    "cmb10.ttf",
+    "cmss10.ttf",
+    "cmti10.ttf",
+    "cmtt10.ttf",
+)
 
 
 def printed_digit(label: int, font: str, rng: np.random.Generator) -> np.ndarray:
@@ -222,9 +241,17 @@ class FineTunedClassifier(nn.Module):
 
 
 def fine_tune(
-    clip: CLIPModel, pixels: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray,
-    steps: int, lr: float = 1e-3, batch: int = 128, seed: int = 0, device: torch.device | str = "cpu",
-) -> tuple[FineTunedClassifier, float]:  # fmt: skip
+    clip: CLIPModel,
+    pixels: torch.Tensor,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    steps: int,
+    lr: float = 1e-3,
+    batch: int = 128,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> tuple[FineTunedClassifier, float]:
     """Full fine-tuning: a copy of `clip`'s image tower with a linear head, every weight trained on the labelled
     images `train_idx` (random batches of up to `batch`, drawn with `seed`) by `utils.pretraining.train`.
 

@@ -75,8 +75,14 @@ def installed_docstrings(packages: Iterable[str], domain: str = "software") -> l
                     if doc:
                         name = getattr(node, "name", "<module>")
                         relative = path.relative_to(root.parent).as_posix()
-                        documents.append({"id": f"{relative}:{name}:{node.lineno if name != '<module>' else 0}",
-                                          "domain": domain, "source": relative, "text": doc})  # fmt: skip
+                        documents.append(
+                            {
+                                "id": f"{relative}:{name}:{node.lineno if name != '<module>' else 0}",
+                                "domain": domain,
+                                "source": relative,
+                                "text": doc,
+                            }
+                        )
     return documents
 
 
@@ -96,8 +102,9 @@ def installed_licences(domain: str = "software") -> list[Document]:
                     text = path.read_text(encoding="utf-8")
                 except (OSError, UnicodeDecodeError):
                     continue
-                documents.append({"id": f"{dist.metadata['Name']}:{file}", "domain": domain,
-                                  "source": str(file), "text": text})  # fmt: skip
+                documents.append(
+                    {"id": f"{dist.metadata['Name']}:{file}", "domain": domain, "source": str(file), "text": text}
+                )
     return documents
 
 
@@ -566,19 +573,106 @@ def pii_detection_report(
 #: sits under religion here though the plays often use it as an ethnic label: a word list cannot tell the two
 #: apart, which is one reason to read the contexts (`concordance`) and not only the counts.
 TERM_LISTS: dict[str, tuple[str, ...]] = {
-    "female": ("she", "her", "hers", "herself", "woman", "women", "girl", "girls", "female", "females", "mother",
-               "mothers", "daughter", "daughters", "sister", "sisters", "aunt", "aunts", "niece", "nieces",
-               "lady", "ladies", "queen", "queens", "madam", "mistress", "wife", "wives"),
-    "male": ("he", "him", "his", "himself", "man", "men", "boy", "boys", "male", "males", "father", "fathers",
-             "son", "sons", "brother", "brothers", "uncle", "uncles", "nephew", "nephews",
-             "lord", "lords", "king", "kings", "sir", "master", "husband", "husbands"),
+    "female": (
+        "she",
+        "her",
+        "hers",
+        "herself",
+        "woman",
+        "women",
+        "girl",
+        "girls",
+        "female",
+        "females",
+        "mother",
+        "mothers",
+        "daughter",
+        "daughters",
+        "sister",
+        "sisters",
+        "aunt",
+        "aunts",
+        "niece",
+        "nieces",
+        "lady",
+        "ladies",
+        "queen",
+        "queens",
+        "madam",
+        "mistress",
+        "wife",
+        "wives",
+    ),
+    "male": (
+        "he",
+        "him",
+        "his",
+        "himself",
+        "man",
+        "men",
+        "boy",
+        "boys",
+        "male",
+        "males",
+        "father",
+        "fathers",
+        "son",
+        "sons",
+        "brother",
+        "brothers",
+        "uncle",
+        "uncles",
+        "nephew",
+        "nephews",
+        "lord",
+        "lords",
+        "king",
+        "kings",
+        "sir",
+        "master",
+        "husband",
+        "husbands",
+    ),
     "age": ("old", "young", "aged", "elderly", "youth", "youthful", "child", "children", "teenage", "senior"),
-    "religion": ("christian", "christians", "jew", "jews", "jewish", "muslim", "muslims", "hindu", "hindus",
-                 "buddhist", "buddhists", "atheist", "atheists", "pagan", "pagans", "infidel", "infidels",
-                 "heathen", "heathens"),
-    "ethnicity": ("moor", "moors", "blackamoor", "blackamoors", "ethiop", "ethiope", "ethiopes", "ethiopian",
-                  "turk", "turks", "egyptian", "egyptians", "gypsy", "tartar", "tartars"),
-}  # fmt: skip
+    "religion": (
+        "christian",
+        "christians",
+        "jew",
+        "jews",
+        "jewish",
+        "muslim",
+        "muslims",
+        "hindu",
+        "hindus",
+        "buddhist",
+        "buddhists",
+        "atheist",
+        "atheists",
+        "pagan",
+        "pagans",
+        "infidel",
+        "infidels",
+        "heathen",
+        "heathens",
+    ),
+    "ethnicity": (
+        "moor",
+        "moors",
+        "blackamoor",
+        "blackamoors",
+        "ethiop",
+        "ethiope",
+        "ethiopes",
+        "ethiopian",
+        "turk",
+        "turks",
+        "egyptian",
+        "egyptians",
+        "gypsy",
+        "tartar",
+        "tartars",
+    ),
+}
 
 
 def term_rates(texts: Iterable[str], lists: dict[str, tuple[str, ...]] = TERM_LISTS) -> dict[str, float]:
@@ -635,9 +729,14 @@ def profile(documents: list[Document], count_tokens: Callable[[str], int] | None
     for domain, docs in sorted(by_domain.items()):
         lengths = np.array([len(WORD.findall(d["text"])) for d in docs])
         vocabulary = {w for d in docs for w in re.findall(r"[a-z']+", d["text"].lower())}
-        row = {"documents": len(docs), "characters": sum(len(d["text"]) for d in docs), "words": int(lengths.sum()),
-               "median_words": float(np.median(lengths)), "p95_words": float(np.percentile(lengths, 95)),
-               "vocabulary": len(vocabulary)}  # fmt: skip
+        row = {
+            "documents": len(docs),
+            "characters": sum(len(d["text"]) for d in docs),
+            "words": int(lengths.sum()),
+            "median_words": float(np.median(lengths)),
+            "p95_words": float(np.percentile(lengths, 95)),
+            "vocabulary": len(vocabulary),
+        }
         if count_tokens is not None:
             row["tokens"] = sum(count_tokens(d["text"]) for d in docs)
         table[domain] = row
@@ -663,8 +762,9 @@ def save_corpus(
     out_dir = Path(out_dir)
     (out_dir / "jsonl").mkdir(parents=True, exist_ok=True)
     columns = ["id", "domain", "text"]
-    DatasetDict({name: Dataset.from_dict({c: [d[c] for d in docs] for c in columns}) for name, docs in splits.items()}
-                ).save_to_disk(str(out_dir / "arrow"))  # fmt: skip
+    DatasetDict(
+        {name: Dataset.from_dict({c: [d[c] for d in docs] for c in columns}) for name, docs in splits.items()}
+    ).save_to_disk(str(out_dir / "arrow"))
     manifest: dict[str, Any] = {"settings": settings, "splits": {}}
     for name, docs in splits.items():
         shards = []
@@ -674,8 +774,12 @@ def save_corpus(
                 for doc in docs[start : start + shard_documents]:
                     handle.write(json.dumps({c: doc[c] for c in columns}, ensure_ascii=False) + "\n")
             shards.append({"file": path.relative_to(out_dir).as_posix(), "sha256": sha256_file(path)})
-        manifest["splits"][name] = {"documents": len(docs), "characters": sum(len(d["text"]) for d in docs),
-                                    "domains": dict(Counter(d["domain"] for d in docs)), "shards": shards}  # fmt: skip
+        manifest["splits"][name] = {
+            "documents": len(docs),
+            "characters": sum(len(d["text"]) for d in docs),
+            "domains": dict(Counter(d["domain"] for d in docs)),
+            "shards": shards,
+        }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
 
@@ -758,10 +862,15 @@ def build_corpus(
         text, found = scrub_pii(doc["text"])
         pii.update(found)
         splits[split_of(groups[doc["id"]], fractions, seed)].append(doc | {"text": text, "group": groups[doc["id"]]})
-    report = {"documents": len(documents), "removed_by_filter": {k: len(v) for k, v in filtered.removed.items()},
-              "exact_duplicates_removed": len(duplicate_ids), "near_duplicates_removed": len(near_removed),
-              "near_duplicate_pairs": len(pairs),
-              "pii_replaced": dict(pii), "split_documents": {k: len(v) for k, v in splits.items()}}  # fmt: skip
+    report = {
+        "documents": len(documents),
+        "removed_by_filter": {k: len(v) for k, v in filtered.removed.items()},
+        "exact_duplicates_removed": len(duplicate_ids),
+        "near_duplicates_removed": len(near_removed),
+        "near_duplicate_pairs": len(pairs),
+        "pii_replaced": dict(pii),
+        "split_documents": {k: len(v) for k, v in splits.items()},
+    }
     assert len(documents) == len(unique) + len(duplicate_ids) + len(near_removed) + sum(
         report["removed_by_filter"].values()
     )

@@ -321,9 +321,13 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
     with _environment(env), PeakMemory() as memory:
         try:
             papermill.execute_notebook(
-                str(source), str(executed), kernel_name="python3", cwd=str(source.parent),
-                progress_bar=False, execution_timeout=timeout_s,
-            )  # fmt: skip
+                str(source),
+                str(executed),
+                kernel_name="python3",
+                cwd=str(source.parent),
+                progress_bar=False,
+                execution_timeout=timeout_s,
+            )
         except Exception as err:  # noqa: BLE001 - any failure of one notebook is reported, the run goes on
             error = _describe_failure(err)
     wall = time.perf_counter() - start
@@ -456,8 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--update-notebooks", action="store_true", help="write outputs back into notebooks/")
     run.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run folders go (default: runs/)")
     run.add_argument("--timeout", type=int, default=1800, help="seconds one cell may run (default: 1800)")
-    run.add_argument("--solutions", choices=SOLUTIONS_MODES, default="none",
-                     help="exercise solutions: none (default), after each chapter, or only the solutions")  # fmt: skip
+    run.add_argument(
+        "--solutions",
+        choices=SOLUTIONS_MODES,
+        default="none",
+        help="exercise solutions: none (default), after each chapter, or only the solutions",
+    )
     sub.add_parser("list", help="print the course map")
     args = parser.parse_args(argv)
     if args.command == "list":

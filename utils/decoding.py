@@ -46,9 +46,15 @@ def step_times(model: Any, inputs: dict[str, torch.Tensor], new_tokens: int, use
     clock = _StepClock()
     start = time.perf_counter()
     with torch.inference_mode():
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       use_cache=use_cache, logits_processor=LogitsProcessorList([clock]),
-                       pad_token_id=model.generation_config.eos_token_id)  # fmt: skip
+        model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=use_cache,
+            logits_processor=LogitsProcessorList([clock]),
+            pad_token_id=model.generation_config.eos_token_id,
+        )
     times = [start, *clock.times]
     return {"prefill_s": times[1] - times[0], "step_s": [b - a for a, b in zip(times[1:], times[2:], strict=False)]}
 

@@ -121,9 +121,13 @@ def version_allowed(version: tuple[int, ...], clauses: list[tuple[str, tuple[int
         return tuple(v) + (0,) * (3 - len(v))
 
     compare = {
-        ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
-        ">": lambda a, b: a > b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
-    }  # fmt: skip
+        ">=": lambda a, b: a >= b,
+        "<=": lambda a, b: a <= b,
+        "<": lambda a, b: a < b,
+        ">": lambda a, b: a > b,
+        "==": lambda a, b: a == b,
+        "!=": lambda a, b: a != b,
+    }
     return all(compare[op](pad(version), pad(bound)) for op, bound in clauses)
 
 
@@ -343,18 +347,26 @@ def check_memory(timings: dict[str, Any] | None) -> Check:
     """Memory against the largest peak resident memory a notebook was measured to need at default size."""
     total, available = memory_gb()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    peaks = {name: nb["peak_rss_mb"] / 1e3 for name, nb in (timings or {}).get("notebooks", {}).items()
-             if nb.get("peak_rss_mb")}  # fmt: skip
+    peaks = {
+        name: nb["peak_rss_mb"] / 1e3
+        for name, nb in (timings or {}).get("notebooks", {}).items()
+        if nb.get("peak_rss_mb")
+    }
     detail = f"{total:.1f} GB memory ({available:.1f} GB available), {cores} CPU core(s)"
     if not peaks:
-        return Check("memory", OK if total >= 8 else WARNING, detail + "; no recorded peaks to compare with",
-                     "" if total >= 8 else "the course is sized for 8 GB or more; close other programs")  # fmt: skip
+        return Check(
+            "memory",
+            OK if total >= 8 else WARNING,
+            detail + "; no recorded peaks to compare with",
+            "" if total >= 8 else "the course is sized for 8 GB or more; close other programs",
+        )
     heaviest = max(peaks, key=peaks.__getitem__)
     need = peaks[heaviest]
     detail += f"; the heaviest notebook, {heaviest[:2]}, peaked at {need:.1f} GB"
     if total < need * 1.2:
-        return Check("memory", PROBLEM, detail,
-                     "run at smoke size (COURSE_SMOKE=1 make lab), or use a machine with more memory")  # fmt: skip
+        return Check(
+            "memory", PROBLEM, detail, "run at smoke size (COURSE_SMOKE=1 make lab), or use a machine with more memory"
+        )
     if available < need * 1.2 or cores < 2:
         fix = "close other programs before running the heaviest notebooks" if available < need * 1.2 else ""
         fix = fix or "expect longer run times than the table in README.md (measured on 2 cores)"
@@ -376,8 +388,9 @@ def check_assets() -> Check:
         except assets.AssetError as err:
             messages.append(str(err))
     fixes = sorted({m.split("To fix: ", 1)[1].rstrip(".") for m in messages if "To fix: " in m})
-    return Check("assets", PROBLEM, "; ".join(messages) or f"not verified: {', '.join(bad)}",
-                 "; ".join(fixes) or "make assets")  # fmt: skip
+    return Check(
+        "assets", PROBLEM, "; ".join(messages) or f"not verified: {', '.join(bad)}", "; ".join(fixes) or "make assets"
+    )
 
 
 def register_kernel_command() -> str:
@@ -396,8 +409,14 @@ def check_kernels(probe: dict[str, Any] | None) -> list[Check]:
     checks = []
     course = kernels.get(COURSE_KERNEL)
     if course is None:
-        checks.append(Check("kernel", WARNING, f"kernel {COURSE_KERNEL!r} is not registered (make lab registers it)",
-                            register_kernel_command()))  # fmt: skip
+        checks.append(
+            Check(
+                "kernel",
+                WARNING,
+                f"kernel {COURSE_KERNEL!r} is not registered (make lab registers it)",
+                register_kernel_command(),
+            )
+        )
     else:
         ok, error = kernel_imports_utils(course["argv0"])
         checks.append(
@@ -408,19 +427,22 @@ def check_kernels(probe: dict[str, Any] | None) -> list[Check]:
                 PROBLEM,
                 f"{COURSE_KERNEL!r} runs {course['argv0']}, which cannot import utils: {error}",
                 register_kernel_command(),
-            )  # fmt: skip
+            )
         )
     native = kernels.get("python3")
     if native is not None:
         ok, error = kernel_imports_utils(native["argv0"])
         if not ok:
-            checks.append(Check(
-                "kernel", PROBLEM,
-                f"the notebooks' kernel 'python3' resolves to {native['argv0']} (spec in {native['dir']}), which "
-                f"cannot import utils: {error}",
-                "jupyter kernelspec remove python3  "
-                f"(or in JupyterLab: Kernel > Change Kernel > {COURSE_KERNEL_DISPLAY})",
-            ))  # fmt: skip
+            checks.append(
+                Check(
+                    "kernel",
+                    PROBLEM,
+                    f"the notebooks' kernel 'python3' resolves to {native['argv0']} (spec in {native['dir']}), which "
+                    f"cannot import utils: {error}",
+                    "jupyter kernelspec remove python3  "
+                    f"(or in JupyterLab: Kernel > Change Kernel > {COURSE_KERNEL_DISPLAY})",
+                )
+            )
     return checks
 
 
@@ -438,11 +460,12 @@ def check_torch_build(probe: dict[str, Any] | None) -> Check | None:
     if probe is None or not probe.get("torch_cuda") or probe.get("cuda_available"):
         return None
     return Check(
-        "torch", WARNING,
+        "torch",
+        WARNING,
         f"torch {probe['torch']} is a CUDA {probe['torch_cuda']} build (several GB with its nvidia-* packages) and "
         "no GPU is visible",
         "rm -rf .venv && make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu",
-    )  # fmt: skip
+    )
 
 
 def check_loopback() -> Check:
@@ -450,9 +473,11 @@ def check_loopback() -> Check:
     if ok:
         return Check("loopback", OK, "TCP on 127.0.0.1 works (kernels, the tests and the lab talk over it)")
     return Check(
-        "loopback", PROBLEM, f"cannot talk to 127.0.0.1: {error}; Jupyter kernels and the tests need it",
+        "loopback",
+        PROBLEM,
+        f"cannot talk to 127.0.0.1: {error}; Jupyter kernels and the tests need it",
         "bring the loopback interface up (sudo ip link set lo up) or allow 127.0.0.1 in your firewall",
-    )  # fmt: skip
+    )
 
 
 def check_lab_port(port: int) -> Check:
@@ -461,9 +486,11 @@ def check_lab_port(port: int) -> Check:
     free = next_free_port(port + 1)
     moved = f"JupyterLab would move to port {free}" if free else "no free port in the next 50 either"
     return Check(
-        "lab port", WARNING, f"port {port} is in use ({moved}; another lab still running?)",
+        "lab port",
+        WARNING,
+        f"port {port} is in use ({moved}; another lab still running?)",
         f"jupyter server list; jupyter server stop {port}  (or make lab LAB_PORT={free or port + 100})",
-    )  # fmt: skip
+    )
 
 
 def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) -> Check:
@@ -479,8 +506,10 @@ def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) ->
         return Check("speed", OK, detail + f"; no reference timings ({TIMINGS_FILE.name}) to scale")
     reference = timings["reference"]
     # Each notebook scales by the throughput measured in its own run: times recorded on different days mix.
-    walls = {name: nb["wall_s"] * nb.get("matmul_gflops", reference["matmul_gflops"]) / here
-             for name, nb in timings["notebooks"].items()}  # fmt: skip
+    walls = {
+        name: nb["wall_s"] * nb.get("matmul_gflops", reference["matmul_gflops"]) / here
+        for name, nb in timings["notebooks"].items()
+    }
     factor = reference["matmul_gflops"] / here  # how many times longer than on the reference machine
     slowest = max(walls, key=walls.__getitem__)
     detail += (
@@ -489,16 +518,21 @@ def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) ->
         f"in all (reference {format_duration(sum(nb['wall_s'] for nb in timings['notebooks'].values()))}), the "
         f"slowest, {slowest[:2]}, about {format_duration(walls[slowest])}"
     )
-    busy = [name[:2] for name, nb in timings["notebooks"].items()
-            if (nb.get("load_average_15min") or 0) > (reference.get("cores") or 10**6)]  # fmt: skip
+    busy = [
+        name[:2]
+        for name, nb in timings["notebooks"].items()
+        if (nb.get("load_average_15min") or 0) > (reference.get("cores") or 10**6)
+    ]
     if busy:
         detail += f" (rough: {', '.join(busy)} were timed while the reference machine was busy with other work)"
     if factor > SLOW_CPU_FACTOR:
         return Check(
-            "speed", WARNING, f"very slow CPU ({factor:.1f}x slower than the reference): {detail}",
+            "speed",
+            WARNING,
+            f"very slow CPU ({factor:.1f}x slower than the reference): {detail}",
             "explore at smoke size first (COURSE_SMOKE=1 make lab); close other programs; on a laptop, plug in "
             "and pick the performance power mode",
-        )  # fmt: skip
+        )
     return Check("speed", OK, detail)
 
 
@@ -521,8 +555,9 @@ def run_checks(
         size = 0 if quick else int((timings or {}).get("reference", {}).get("matmul_size", 1024))
         probe = run_probe(venv_python, size)
     except (RuntimeError, OSError, subprocess.TimeoutExpired, ValueError) as err:
-        checks.append(Check("setup", PROBLEM, f".venv exists but cannot import the course: {err}",
-                            "rm -rf .venv && make setup"))  # fmt: skip
+        checks.append(
+            Check("setup", PROBLEM, f".venv exists but cannot import the course: {err}", "rm -rf .venv && make setup")
+        )
         probe = None
     checks += [check_bf16(probe), check_assets(), *check_kernels(probe)]
     torch_build = check_torch_build(probe)

@@ -183,7 +183,13 @@ def win_rate(
     if np.ptp(outcome) == 0:  # every item alike: no resample differs, the interval is the point
         low = high = rate
     else:
-        found = bootstrap((outcome,), np.mean, confidence_level=level, n_resamples=samples, method="percentile",
-                          rng=np.random.default_rng(seed))  # fmt: skip
+        found = bootstrap(
+            (outcome,),
+            np.mean,
+            confidence_level=level,
+            n_resamples=samples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
         low, high = float(found.confidence_interval.low), float(found.confidence_interval.high)
     return {"win_rate": rate, "low": low, "high": high, "wins": wins, "ties": ties, "losses": a.size - wins - ties}

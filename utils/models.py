@@ -44,11 +44,18 @@ def small_gpt(
     function as one fused kernel (faster; notebook 09 measures both; the training program uses it).
     """
     config = GPT2Config(
-        vocab_size=vocab_size, n_positions=context, n_layer=layers, n_embd=width, n_head=heads,
+        vocab_size=vocab_size,
+        n_positions=context,
+        n_layer=layers,
+        n_embd=width,
+        n_head=heads,
         activation_function=activation,
-        resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=eos_token_id,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,  # no pad token, as in GPT-2: packed windows are never padded
-    )  # fmt: skip
+    )
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"  # the class name predates transformers' loss registry; same loss, no warning
     return model
@@ -69,9 +76,15 @@ def small_vit(
     (Dosovitskiy et al., 2021). The defaults fit the 8 x 8 digits: 16 patches of 2 x 2.
     """
     config = ViTConfig(
-        image_size=image_size, patch_size=patch_size, num_channels=channels, num_labels=classes,
-        num_hidden_layers=layers, hidden_size=width, num_attention_heads=heads, intermediate_size=4 * width,
-    )  # fmt: skip
+        image_size=image_size,
+        patch_size=patch_size,
+        num_channels=channels,
+        num_labels=classes,
+        num_hidden_layers=layers,
+        hidden_size=width,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+    )
     return ViTForImageClassification(config)
 
 
@@ -90,10 +103,16 @@ def small_bert(
     and attention weights (Devlin et al., 2019); pass `dropout=0.0` to compare it with `small_gpt`'s default.
     """
     config = BertConfig(
-        vocab_size=vocab_size, max_position_embeddings=context, num_hidden_layers=layers, hidden_size=width,
-        num_attention_heads=heads, intermediate_size=4 * width, pad_token_id=pad_token_id,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        max_position_embeddings=context,
+        num_hidden_layers=layers,
+        hidden_size=width,
+        num_attention_heads=heads,
+        intermediate_size=4 * width,
+        pad_token_id=pad_token_id,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForMaskedLM(config)
 
 
@@ -106,8 +125,15 @@ def small_t5(
     position buckets, so it has no fixed context length.
     """
     config = T5Config(
-        vocab_size=vocab_size, d_model=width, d_kv=width // heads, d_ff=4 * width, num_layers=layers,
-        num_decoder_layers=layers, num_heads=heads, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
+        vocab_size=vocab_size,
+        d_model=width,
+        d_kv=width // heads,
+        d_ff=4 * width,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=heads,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
         decoder_start_token_id=pad_token_id,
-    )  # fmt: skip
+    )
     return T5ForConditionalGeneration(config)

@@ -134,8 +134,10 @@ def embedding_drift(reference: np.ndarray, current: np.ndarray, permutations: in
 
     observed = distance(ref, cur)
     pooled, rng = np.concatenate([ref, cur]), np.random.default_rng(seed)
-    null = [distance(pooled[order[: len(ref)]], pooled[order[len(ref) :]])
-            for order in (rng.permutation(len(pooled)) for _ in range(permutations))]  # fmt: skip
+    null = [
+        distance(pooled[order[: len(ref)]], pooled[order[len(ref) :]])
+        for order in (rng.permutation(len(pooled)) for _ in range(permutations))
+    ]
     p_value = (1 + sum(d >= observed for d in null)) / (1 + permutations)
     labels = np.r_[np.zeros(len(ref)), np.ones(len(cur))]
     auc = cross_val_score(LogisticRegression(max_iter=1000), pooled, labels, cv=5, scoring="roc_auc").mean()

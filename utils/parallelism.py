@@ -60,9 +60,12 @@ def tensor_parallel(width: int = 64, batch: int = 8) -> dict[str, object]:
     out.square().mean().backward(), expected.square().mean().backward()
     local, local_grad = sharded[0].weight.to_local(), sharded[0].weight.grad.to_local()
     rows = slice(dist.get_rank() * local.shape[0], (dist.get_rank() + 1) * local.shape[0])  # this rank's columns
-    return {"output_max_difference": (out - expected).abs().max().item(),
-            "grad_max_difference": (local_grad - reference[0].weight.grad[rows]).abs().max().item(),
-            "local_weight_shape": list(local.shape), "full_weight_shape": list(reference[0].weight.shape)}  # fmt: skip
+    return {
+        "output_max_difference": (out - expected).abs().max().item(),
+        "grad_max_difference": (local_grad - reference[0].weight.grad[rows]).abs().max().item(),
+        "local_weight_shape": list(local.shape),
+        "full_weight_shape": list(reference[0].weight.shape),
+    }
 
 
 def pipeline_parallel(depth: int = 4, width: int = 32, batch: int = 8, microbatches: int = 4) -> dict[str, object]:
@@ -85,8 +88,12 @@ def pipeline_parallel(depth: int = 4, width: int = 32, batch: int = 8, microbatc
     losses: list[torch.Tensor] = []
     schedule.step(target=target, losses=losses)
     whole = (model(x) - target).square().mean().item()
-    return {"stage": 1, "stage_parameters": parameters, "pipeline_loss": torch.stack(losses).mean().item(),
-            "whole_model_loss": whole}  # fmt: skip
+    return {
+        "stage": 1,
+        "stage_parameters": parameters,
+        "pipeline_loss": torch.stack(losses).mean().item(),
+        "whole_model_loss": whole,
+    }
 
 
 def gpipe_schedule(stages: int, microbatches: int) -> list[tuple[int, str, int, int]]:
@@ -111,8 +118,17 @@ def bubble_fraction(schedule: list[tuple[int, str, int, int]]) -> float:
 
 def run_demo(demo: str, processes: int = 2) -> list[dict[str, object]]:
     """Launch `demo` ("tensor" or "pipeline") under torchrun from the repository root; every rank's result."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
-               "-m", "utils.parallelism", demo]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(processes),
+        "-m",
+        "utils.parallelism",
+        demo,
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True)
     if done.returncode != 0:

@@ -124,8 +124,10 @@ class StepFailed(RuntimeError):
     """A step raised; `results` says what ran, what came from the cache and which step failed."""
 
     def __init__(self, step: str, error: BaseException, results: list[StepResult]):
-        super().__init__(f"step {step!r} failed: {type(error).__name__}: {error}. The steps before it are cached; "
-                         "fix the cause and run the pipeline again to resume at this step.")  # fmt: skip
+        super().__init__(
+            f"step {step!r} failed: {type(error).__name__}: {error}. The steps before it are cached; "
+            "fix the cause and run the pipeline again to resume at this step."
+        )
         self.step, self.results = step, results
 
 
@@ -247,8 +249,18 @@ def tracking_store(folder: str | Path) -> TrackingStore:
 def ui_command(store: TrackingStore, port: int = 5000) -> list[str]:
     """The command that serves MLflow's own UI over `store` on 127.0.0.1:`port` (loopback only: the UI has no
     login). `make mlflow-ui` runs it over the course's store."""
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store.uri, "--host", "127.0.0.1",
-               "--port", str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     if store.artifacts is not None:
         command += ["--default-artifact-root", store.artifacts.as_uri()]
     return command
@@ -268,9 +280,15 @@ def experiment_id(store: TrackingStore, name: str) -> str:
         raise
 
 
-def log_training_run(store: TrackingStore, experiment: str, settings: TrainSettings, output: str | Path,
-                     data_sha256: str, run_name: str | None = None,
-                     model_folder: str | Path | None = None) -> str:  # fmt: skip
+def log_training_run(
+    store: TrackingStore,
+    experiment: str,
+    settings: TrainSettings,
+    output: str | Path,
+    data_sha256: str,
+    run_name: str | None = None,
+    model_folder: str | Path | None = None,
+) -> str:
     """Log a finished run of the training program: the settings that differ from the defaults (params), every
     metric of `<output>/metrics.jsonl` at its step (`loss`, `val_loss`, `lr`, ...), the data hash (tag
     `data_sha256`), and as artifacts `metrics.jsonl` and the model folder (`model_folder`, default
@@ -287,15 +305,22 @@ def log_training_run(store: TrackingStore, experiment: str, settings: TrainSetti
     client = store.client()
     folders = ("output", "data", "validation_data", "checkpoint_dir")  # paths of this machine, not the run's recipe
     changed = {name: value for name, value in changed_settings(settings).items() if name not in folders}
-    run = client.create_run(experiment_id(store, experiment), run_name=run_name,
-                            tags={"data_sha256": data_sha256, "program": "python -m utils.train"})  # fmt: skip
+    run = client.create_run(
+        experiment_id(store, experiment),
+        run_name=run_name,
+        tags={"data_sha256": data_sha256, "program": "python -m utils.train"},
+    )
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, int(row["step"])) for row in rows for key, value in row.items()
-               if key != "step"]  # fmt: skip
+    metrics = [
+        Metric(key, float(value), now, int(row["step"])) for row in rows for key, value in row.items() if key != "step"
+    ]
     for start in range(0, len(metrics), 500):  # MLflow accepts at most 1,000 metrics per batch
         client.log_batch(run.info.run_id, metrics=metrics[start : start + 500])
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in changed.items()],
-                     tags=[RunTag("val_loss_final", str(rows[-1].get("val_loss", "")))])  # fmt: skip
+    client.log_batch(
+        run.info.run_id,
+        params=[Param(k, str(v)) for k, v in changed.items()],
+        tags=[RunTag("val_loss_final", str(rows[-1].get("val_loss", "")))],
+    )
     client.log_artifact(run.info.run_id, str(output / "metrics.jsonl"))
     client.log_artifacts(run.info.run_id, str(model), artifact_path="model")
     client.set_terminated(run.info.run_id)
@@ -310,8 +335,14 @@ def final_metric(store: TrackingStore, run_id: str, key: str) -> float:
     return max(history, key=lambda m: m.step).value
 
 
-def register(store: TrackingStore, name: str, run_id: str, alias: str = "dev", tags: dict[str, str] | None = None,
-             artifact_path: str = "model") -> int:  # fmt: skip
+def register(
+    store: TrackingStore,
+    name: str,
+    run_id: str,
+    alias: str = "dev",
+    tags: dict[str, str] | None = None,
+    artifact_path: str = "model",
+) -> int:
     """Register the run's `artifact_path` as a new version of model `name` (created if new), tag it with its run's
     data hash and `tags`, and point `alias` at it. Returns the version number."""
     client = store.client()
@@ -324,8 +355,9 @@ def register(store: TrackingStore, name: str, run_id: str, alias: str = "dev", t
         except Exception:  # created by another process meanwhile
             client.get_registered_model(name)
     version_tags = {"data_sha256": run.data.tags.get("data_sha256", ""), **(tags or {})}
-    version = client.create_model_version(name, f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id,
-                                          tags=version_tags)  # fmt: skip
+    version = client.create_model_version(
+        name, f"{run.info.artifact_uri}/{artifact_path}", run_id=run_id, tags=version_tags
+    )
     client.set_registered_model_alias(name, alias, version.version)
     return int(version.version)
 
@@ -339,10 +371,17 @@ def versions(store: TrackingStore, name: str) -> list[dict[str, Any]]:
         for alias, version in client.get_registered_model(name).aliases.items():
             aliases.setdefault(str(version), []).append(alias)
     return sorted(
-        ({"version": int(v.version), "run_id": v.run_id, "aliases": sorted(aliases.get(str(v.version), [])),
-          "tags": dict(v.tags)} for v in found),
+        (
+            {
+                "version": int(v.version),
+                "run_id": v.run_id,
+                "aliases": sorted(aliases.get(str(v.version), [])),
+                "tags": dict(v.tags),
+            }
+            for v in found
+        ),
         key=lambda row: row["version"],
-    )  # fmt: skip
+    )
 
 
 PROMOTION_ORDER = ("dev", "staging", "prod")

@@ -44,8 +44,9 @@ def continuation_prompts(speeches: dict[str, list[list[str]]], per_play: int, se
     rng = random.Random(seed)
     items = []
     for play, play_speeches in sorted(speeches.items()):
-        verse = [s for s in play_speeches if len(s) >= 3 and all(5 <= len(x.split()) <= 12 and x[0].isupper()
-                                                                 for x in s[:3])]  # fmt: skip
+        verse = [
+            s for s in play_speeches if len(s) >= 3 and all(5 <= len(x.split()) <= 12 and x[0].isupper() for x in s[:3])
+        ]
         if len(verse) < per_play:
             raise PreferenceError(f"{play} has {len(verse)} verse speeches, fewer than per_play={per_play}")
         for speech in rng.sample(verse, per_play):
@@ -60,9 +61,14 @@ def chat(prompt: str) -> list[dict[str, str]]:
 
 @torch.no_grad()
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 24, sample: bool = False,
-    batch_size: int = 16, seed: int = 0,
-) -> tuple[list[str], int]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 24,
+    sample: bool = False,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> tuple[list[str], int]:
     """Replies of a chat model to each prompt (greedy, or sampled at temperature 1 when `sample`), batched with
     left padding; returns the replies (special tokens dropped, stripped) and the number of tokens generated."""
     model.eval()
@@ -70,12 +76,15 @@ def generate(
     torch.manual_seed(seed)
     replies, generated = [], 0
     for start in range(0, len(prompts), batch_size):
-        texts = [tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True)
-                 for p in prompts[start : start + batch_size]]  # fmt: skip
+        texts = [
+            tokenizer.apply_chat_template(chat(p), tokenize=False, add_generation_prompt=True)
+            for p in prompts[start : start + batch_size]
+        ]
         batch = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         settings = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0} if sample else {"do_sample": False}
-        out = model.generate(**batch.to(device), max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                             **settings)  # fmt: skip
+        out = model.generate(
+            **batch.to(device), max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **settings
+        )
         new = out[:, batch.input_ids.shape[1] :]
         generated += int((new != tokenizer.pad_token_id).sum())
         replies += [text.strip() for text in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -169,8 +178,9 @@ class LabellingSession:
         winner = "tie" if choice == "tie" else ("first" if (choice == "A") != item["swapped"] else "second")
         if winner != "tie":
             chosen, rejected = (a, b) if choice == "A" else (b, a)
-            append_pairs(self.path, [{"prompt": item["prompt"], "chosen": chosen, "rejected": rejected,
-                                      "rater": self.rater}])  # fmt: skip
+            append_pairs(
+                self.path, [{"prompt": item["prompt"], "chosen": chosen, "rejected": rejected, "rater": self.rater}]
+            )
         self.labels.append(winner)
         self.position += 1
         return winner
@@ -198,8 +208,9 @@ class LabellingSession:
                 return
             a, b = self.shown(self.position)
             prompt = self.items[self.position]["prompt"].replace("\n", "<br>")
-            text.value = (f"<p>{self.position + 1}/{len(self.items)}</p><p>{prompt}</p>"
-                          f"<p><b>A:</b> {a}</p><p><b>B:</b> {b}</p>")  # fmt: skip
+            text.value = (
+                f"<p>{self.position + 1}/{len(self.items)}</p><p>{prompt}</p><p><b>A:</b> {a}</p><p><b>B:</b> {b}</p>"
+            )
 
         for button, choice in zip(buttons, self.CHOICES, strict=True):
             button.on_click(lambda _, c=choice: (self.answer(c), refresh()))
@@ -209,9 +220,40 @@ class LabellingSession:
 
 # ------------------------------------------------------------------------------------------------- the judges
 
-EARLY_MODERN = {"thou", "thee", "thy", "thine", "hath", "doth", "art", "'tis", "ere", "nay", "ay", "o", "hast",
-                "dost", "wilt", "shalt", "wherefore", "whence", "hither", "thither", "methinks", "prithee", "anon",
-                "alas", "yea", "'twas", "e'en", "o'er", "ne'er", "e'er", "mine", "ye"}  # fmt: skip
+EARLY_MODERN = {
+    "thou",
+    "thee",
+    "thy",
+    "thine",
+    "hath",
+    "doth",
+    "art",
+    "'tis",
+    "ere",
+    "nay",
+    "ay",
+    "o",
+    "hast",
+    "dost",
+    "wilt",
+    "shalt",
+    "wherefore",
+    "whence",
+    "hither",
+    "thither",
+    "methinks",
+    "prithee",
+    "anon",
+    "alas",
+    "yea",
+    "'twas",
+    "e'en",
+    "o'er",
+    "ne'er",
+    "e'er",
+    "mine",
+    "ye",
+}
 CHAT_MARKERS = ("here is", "here's", "sure", "next line", "as an ai", "i'm", "i am sorry", "certainly", "line:")
 
 
@@ -246,8 +288,9 @@ def _shares_run(text: str, other: str, n: int) -> bool:
 
 
 @torch.no_grad()
-def reward_scores(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str],
-                  batch_size: int = 32) -> torch.Tensor:  # fmt: skip
+def reward_scores(
+    model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 32
+) -> torch.Tensor:
     """A sequence-classification reward model's score of each (prompt, reply), read as the text `prompt + "\\n"
     + reply` it was trained on (see `reward_trainer`); shape (len(prompts),)."""
     if len(prompts) != len(replies):
@@ -256,8 +299,10 @@ def reward_scores(model: Any, tokenizer: Any, prompts: Sequence[str], replies: S
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(prompts), batch_size):
-        texts = [p + "\n" + r for p, r in zip(prompts[start : start + batch_size], replies[start : start + batch_size],
-                                              strict=True)]  # fmt: skip
+        texts = [
+            p + "\n" + r
+            for p, r in zip(prompts[start : start + batch_size], replies[start : start + batch_size], strict=True)
+        ]
         batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=256).to(device)
         scores.append(model(**batch).logits[:, 0].float().cpu())
     return torch.cat(scores)
@@ -287,8 +332,13 @@ def reward_function(model: Any, tokenizer: Any) -> Callable[..., list[float]]:
 # ------------------------------------------------------------------------------------------- DPO and the KL
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
-             reference_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:  # fmt: skip
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
     """The DPO loss per pair (Rafailov et al., 2023, eq. 7), from sequence log-probabilities (nats):
 
         -log sigmoid(beta * [(log pi(y_w|x) - log ref(y_w|x)) - (log pi(y_l|x) - log ref(y_l|x))])
@@ -301,8 +351,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
     return -F.logsigmoid(beta * margin)
 
 
-def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str],
-                      batch_size: int = 16) -> torch.Tensor:  # fmt: skip
+def sequence_logprobs(
+    model: Any, tokenizer: Any, prompts: Sequence[str], replies: Sequence[str], batch_size: int = 16
+) -> torch.Tensor:
     """log pi(reply | prompt) summed over the reply's tokens (the end-of-turn tokens the chat template adds
     included, as trl's DPOTrainer counts them), with the prompt as a user turn and the reply as the assistant turn;
     shape (len(prompts),), nats."""
@@ -315,8 +366,9 @@ def sequence_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], replie
         ids, masks = [], []
         for prompt, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size], strict=True):
             head = tokenizer.apply_chat_template(chat(prompt), tokenize=False, add_generation_prompt=True)
-            full = tokenizer.apply_chat_template(chat(prompt) + [{"role": "assistant", "content": reply}],
-                                                 tokenize=False)  # fmt: skip
+            full = tokenizer.apply_chat_template(
+                chat(prompt) + [{"role": "assistant", "content": reply}], tokenize=False
+            )
             head_ids = tokenizer(head, add_special_tokens=False).input_ids
             tail_ids = tokenizer(full[len(head) :], add_special_tokens=False).input_ids
             ids.append(head_ids + tail_ids)
@@ -347,12 +399,21 @@ def kl_estimate(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> tu
 def _common(output_dir: str | Path, steps: int, lr: float, batch_size: int, seed: int) -> dict[str, Any]:
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1 and lr > 0 (got {steps}, {batch_size}, {lr})")
-    return dict(output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-                learning_rate=lr, logging_steps=1, save_strategy="no", report_to="none", seed=seed,
-                bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # trl defaults to bf16, CPUs too
-                dataloader_pin_memory=torch.cuda.is_available(), dataloader_num_workers=0,
-                activation_checkpointing=False,  # trl's default is on; recomputing costs a third more compute
-                disable_tqdm=os.environ.get("TQDM_DISABLE") == "1")  # fmt: skip
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=lr,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),  # trl defaults to bf16, CPUs too
+        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        activation_checkpointing=False,  # trl's default is on; recomputing costs a third more compute
+        disable_tqdm=os.environ.get("TQDM_DISABLE") == "1",
+    )
 
 
 def _quiet(trainer: Any) -> Any:
@@ -363,8 +424,16 @@ def _quiet(trainer: Any) -> Any:
     return trainer
 
 
-def reward_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], output_dir: str | Path,
-                   steps: int, lr: float = 5e-5, batch_size: int = 8, seed: int = 0) -> Any:  # fmt: skip
+def reward_trainer(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[dict[str, str]],
+    output_dir: str | Path,
+    steps: int,
+    lr: float = 5e-5,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> Any:
     """trl's RewardTrainer on `pairs`: a sequence classifier with one output (num_labels=1) learns to score
     `prompt + "\\n" + chosen` above `prompt + "\\n" + rejected` (the Bradley-Terry loss of InstructGPT's reward
     model, Ouyang et al., 2022)."""
@@ -372,15 +441,28 @@ def reward_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], 
     from trl import RewardConfig, RewardTrainer
 
     rows = [{"prompt": p["prompt"] + "\n", "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
-    config = RewardConfig(**_common(output_dir, steps, lr, batch_size, seed), max_length=256,
-                          eos_token=tokenizer.sep_token or tokenizer.eos_token)  # fmt: skip
+    config = RewardConfig(
+        **_common(output_dir, steps, lr, batch_size, seed),
+        max_length=256,
+        eos_token=tokenizer.sep_token or tokenizer.eos_token,
+    )
     data = Dataset.from_list(rows)
     return _quiet(RewardTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer))
 
 
-def dpo_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], output_dir: str | Path, steps: int,
-                lr: float = 5e-4, beta: float = 0.1, batch_size: int = 4, lora: Any = None, seed: int = 0,
-                callbacks: Sequence[Any] = ()) -> Any:  # fmt: skip
+def dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    pairs: Sequence[dict[str, str]],
+    output_dir: str | Path,
+    steps: int,
+    lr: float = 5e-4,
+    beta: float = 0.1,
+    batch_size: int = 4,
+    lora: Any = None,
+    seed: int = 0,
+    callbacks: Sequence[Any] = (),
+) -> Any:
     """trl's DPOTrainer on `pairs` (chat format). With `lora` the reference model is the base model with the
     adapter switched off, so no second copy is held; without it pass a LoRA config anyway or trl would try to
     reload the reference from the hub by the model's name."""
@@ -389,27 +471,65 @@ def dpo_trainer(model: Any, tokenizer: Any, pairs: Sequence[dict[str, str]], out
 
     if lora is None:
         raise ValueError("pass a LoRA config: the reference model is then the base model with the adapter disabled")
-    rows = [{"prompt": chat(p["prompt"]), "chosen": [{"role": "assistant", "content": p["chosen"]}],
-             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]  # fmt: skip
+    rows = [
+        {
+            "prompt": chat(p["prompt"]),
+            "chosen": [{"role": "assistant", "content": p["chosen"]}],
+            "rejected": [{"role": "assistant", "content": p["rejected"]}],
+        }
+        for p in pairs
+    ]
     config = DPOConfig(**_common(output_dir, steps, lr, batch_size, seed), beta=beta, max_length=256)
     data = Dataset.from_list(rows)
-    return _quiet(DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora,
-                             callbacks=list(callbacks)))  # fmt: skip
+    return _quiet(
+        DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=list(callbacks),
+        )
+    )
 
 
-def grpo_trainer(model: Any, tokenizer: Any, prompts: Sequence[str], reward: Callable[..., list[float]],
-                 output_dir: str | Path, steps: int, lr: float = 5e-4, generations: int = 4,
-                 prompts_per_step: int = 2, max_new_tokens: int = 24, beta: float = 0.04, lora: Any = None,
-                 seed: int = 0) -> Any:  # fmt: skip
+def grpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    reward: Callable[..., list[float]],
+    output_dir: str | Path,
+    steps: int,
+    lr: float = 5e-4,
+    generations: int = 4,
+    prompts_per_step: int = 2,
+    max_new_tokens: int = 24,
+    beta: float = 0.04,
+    lora: Any = None,
+    seed: int = 0,
+) -> Any:
     """trl's GRPOTrainer (Shao et al., 2024): each step samples `generations` replies to each of
     `prompts_per_step` prompts, scores them with `reward`, and pushes up the replies that beat their group's
     mean, with a KL penalty `beta` to the reference (the base model with the LoRA adapter off)."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    config = GRPOConfig(**_common(output_dir, steps, lr, generations * prompts_per_step, seed),
-                        num_generations=generations, max_completion_length=max_new_tokens, beta=beta,
-                        temperature=1.0, log_completions=False)  # fmt: skip
+    config = GRPOConfig(
+        **_common(output_dir, steps, lr, generations * prompts_per_step, seed),
+        num_generations=generations,
+        max_completion_length=max_new_tokens,
+        beta=beta,
+        temperature=1.0,
+        log_completions=False,
+    )
     data = Dataset.from_list([{"prompt": chat(p)} for p in prompts])
-    return _quiet(GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=data,
-                              processing_class=tokenizer, peft_config=lora))  # fmt: skip
+    return _quiet(
+        GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=config,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora,
+        )
+    )

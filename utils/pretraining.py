@@ -210,7 +210,16 @@ def gpt_sweep(
             embedding = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
             n = count_parameters(model) - embedding
             tokens = n_steps * batch * context
-            rows.append({"layers": layers, "width": width, "parameters": count_parameters(model), "non_embedding": n,
-                         "tokens": tokens, "flops": 6.0 * n * tokens, "val_loss": history[-1]["val_loss"],
-                         "seconds": time.perf_counter() - start})  # fmt: skip
+            rows.append(
+                {
+                    "layers": layers,
+                    "width": width,
+                    "parameters": count_parameters(model),
+                    "non_embedding": n,
+                    "tokens": tokens,
+                    "flops": 6.0 * n * tokens,
+                    "val_loss": history[-1]["val_loss"],
+                    "seconds": time.perf_counter() - start,
+                }
+            )
     return rows

@@ -34,9 +34,14 @@ Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], float]
 
 
 def few_shot_curve(
-    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-    shots: list[int], seeds: int = 5, score: Scorer | None = None,
-) -> dict[int, tuple[float, float]]:  # fmt: skip
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    shots: list[int],
+    seeds: int = 5,
+    score: Scorer | None = None,
+) -> dict[int, tuple[float, float]]:
     """Test accuracy for each number of labelled examples per class: {shots: (mean, std over seeds)}.
 
     `score(train_x, train_y, test_x, test_y)` fits and scores one adaptation method on the drawn examples (default

@@ -221,8 +221,9 @@ def choice_logprobs(
             past.batch_repeat_interleave(len(ids))
             mask = torch.cat([torch.ones(len(ids), shared, dtype=mask.dtype, device=device), mask], dim=1)
         keep = ids.shape[1] - min(len(s) for s in suffixes) + 1  # from the shortest prompt's last token on
-        out = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None,
-                    logits_to_keep=keep)  # fmt: skip
+        out = model(
+            input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None, logits_to_keep=keep
+        )
         logprobs = out.logits[:, -keep:].float().log_softmax(-1)
         offset = ids.shape[1] - keep
         if single:  # one row per prompt: every choice is one token, scored from the prompt's last position
@@ -236,9 +237,13 @@ def choice_logprobs(
 
 
 def rank_classify(
-    model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], choices: Sequence[str] | None = None,
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    labels: Sequence[str],
+    choices: Sequence[str] | None = None,
     batch_size: int = 8,
-) -> tuple[list[str], torch.Tensor]:  # fmt: skip
+) -> tuple[list[str], torch.Tensor]:
     """The label whose answer string (`choices`, default the labels themselves) the model finds most likely after
     each prompt, and the probabilities renormalised over the answers, shape (len(prompts), len(labels))."""
     choices = list(labels) if choices is None else list(choices)
@@ -260,9 +265,16 @@ def answer_example(tokenizer: Any, template: PromptTemplate, text: str, label: s
 
 
 def train_prompt_learning(
-    model: Any, tokenizer: Any, template: PromptTemplate, examples: Sequence[dict[str, str]], steps: int,
-    lr: float, batch_size: int = 8, seed: int = 0, progress: Callable[[range], Any] = iter,
-) -> list[float]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    template: PromptTemplate,
+    examples: Sequence[dict[str, str]],
+    steps: int,
+    lr: float,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: Callable[[range], Any] = iter,
+) -> list[float]:
     """Train whatever parameters of `model` require gradients (for a peft prompt- or prefix-tuning model: the
     virtual tokens only, the base frozen) on `examples` ({"text", "label"}) rendered with `template`, loss on
     the answer tokens, AdamW at a constant rate `lr`, batches drawn with a seeded generator. Returns the loss of
@@ -298,9 +310,16 @@ def train_prompt_learning(
 
 @torch.no_grad()
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, samples: int = 1,
-    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 8,
-) -> list[list[str]]:  # fmt: skip
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 32,
+    samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[list[str]]:
     """`samples` replies per prompt (each a list of strings), decoded without special tokens.
 
     `temperature=0` decodes greedily (one reply, the same every run); above 0 it samples with nucleus `top_p`
@@ -322,10 +341,16 @@ def generate(
     torch.manual_seed(seed)
     replies: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(list(prompts[start : start + batch_size]), add_special_tokens=False, padding=True,
-                          padding_side="left", return_tensors="pt").to(device)  # fmt: skip
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, num_return_sequences=samples,
-                             pad_token_id=pad, **sampling)  # fmt: skip
+        batch = tokenizer(
+            list(prompts[start : start + batch_size]),
+            add_special_tokens=False,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        ).to(device)
+        out = model.generate(
+            **batch, max_new_tokens=max_new_tokens, num_return_sequences=samples, pad_token_id=pad, **sampling
+        )
         texts = tokenizer.batch_decode(out[:, batch.input_ids.shape[1] :], skip_special_tokens=True)
         replies += [[t.strip() for t in texts[i : i + samples]] for i in range(0, len(texts), samples)]
     return replies
@@ -341,8 +366,9 @@ def parse_label(text: str, labels: Sequence[str]) -> str | None:
         raise ValueError("need the labels to look for")
     lowered = text.lower()
     alternatives = "|".join(re.escape(label.lower()) for label in labels)
-    explicit = re.findall(rf"(?:answer|genre|label|category)\W{{0,3}}(?:is\W+|would be\W+)?\W*({alternatives})\b",
-                          lowered)  # fmt: skip
+    explicit = re.findall(
+        rf"(?:answer|genre|label|category)\W{{0,3}}(?:is\W+|would be\W+)?\W*({alternatives})\b", lowered
+    )
     if explicit:
         return next(label for label in labels if label.lower() == explicit[-1])
     named = [label for label in labels if re.search(rf"\b{re.escape(label.lower())}\b", lowered)]
@@ -392,8 +418,13 @@ class PromptLog:
     def log(self, config: dict[str, Any], metrics: dict[str, float], outputs: Sequence[Any]) -> str:
         """Append one run and return its fingerprint."""
         run = fingerprint(config)
-        line = {"run": run, "time": datetime.now(UTC).isoformat(timespec="seconds"), "config": config,
-                "metrics": metrics, "outputs": list(outputs)}  # fmt: skip
+        line = {
+            "run": run,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "config": config,
+            "metrics": metrics,
+            "outputs": list(outputs),
+        }
         text = json.dumps(line, ensure_ascii=False)  # serialise fully before touching the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -447,16 +478,30 @@ def digit_unet(classes: int = 10, width: int = 32) -> Any:
     if classes < 1 or width < 8 or width % 8:
         raise ValueError(f"need classes >= 1 and a width that is a multiple of 8, got {classes}, {width}")
     return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(width, 2 * width),
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        num_class_embeds=classes + 1, norm_num_groups=8,
-    )  # fmt: skip
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(width, 2 * width),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=classes + 1,
+        norm_num_groups=8,
+    )
 
 
 def train_guided_diffusion(
-    unet: Any, scheduler: Any, images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int = 128,
-    lr: float = 2e-3, drop_label: float = 0.15, seed: int = 0, progress: Callable[[range], Any] = iter,
-) -> list[float]:  # fmt: skip
+    unet: Any,
+    scheduler: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    drop_label: float = 0.15,
+    seed: int = 0,
+    progress: Callable[[range], Any] = iter,
+) -> list[float]:
     """Train `unet` (see `digit_unet`) to predict the noise DDPM added (Ho et al., 2020), with the class label
     replaced by the "no class" label on a random `drop_label` share of examples, so one network learns both the
     conditional and the unconditional model that guidance mixes (Ho & Salimans use 0.1-0.2). `images` are

@@ -94,8 +94,9 @@ def course_documents(root: str | Path, exclude: Sequence[str] = ()) -> list[Docu
         source = path.relative_to(root).as_posix()
         if any(part in source for part in exclude):
             return
-        docs.extend(Document(page_content=body, metadata={"source": source, "section": head})
-                    for head, body in sections)  # fmt: skip
+        docs.extend(
+            Document(page_content=body, metadata={"source": source, "section": head}) for head, body in sections
+        )
 
     for name in ("README.md", "CONTRIBUTING.md"):
         if (root / name).exists():
@@ -209,8 +210,9 @@ class FaissStore(VectorStore):
         if vectors.ndim != 2 or len(vectors) != len(documents):
             raise ValueError(f"need one embedding row per document, got {vectors.shape} for {len(documents)}")
         if self.index is None:
-            self.index = self._faiss.index_factory(vectors.shape[1], self.index_factory,
-                                                   self._faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+            self.index = self._faiss.index_factory(
+                vectors.shape[1], self.index_factory, self._faiss.METRIC_INNER_PRODUCT
+            )
         elif vectors.shape[1] != self.index.d:
             raise ValueError(f"embeddings of width {vectors.shape[1]} do not fit an index of width {self.index.d}")
         start = len(self.documents)
@@ -247,9 +249,15 @@ class FaissStore(VectorStore):
 
     @classmethod
     def from_texts(
-        cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
-        ids: list[str] | None = None, index_factory: str = "Flat", **kwargs: Any,
-    ) -> FaissStore:  # fmt: skip
+        cls,
+        texts: list[str],
+        embedding: Embeddings,
+        metadatas: list[dict] | None = None,
+        *,
+        ids: list[str] | None = None,
+        index_factory: str = "Flat",
+        **kwargs: Any,
+    ) -> FaissStore:
         store = cls(embedding, index_factory)
         store.add_texts(texts, metadatas)
         return store
@@ -314,8 +322,10 @@ _STOPWORD_TEXT = (
 )
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
-ABSTAIN = re.compile(r"\b(i (do not|don't|dont) know|not (mentioned|stated|given|provided|specified|in the context)|"
-                     r"(cannot|can't|can not) (answer|tell|say|find)|no (information|mention)|unknown)\b")  # fmt: skip
+ABSTAIN = re.compile(
+    r"\b(i (do not|don't|dont) know|not (mentioned|stated|given|provided|specified|in the context)|"
+    r"(cannot|can't|can not) (answer|tell|say|find)|no (information|mention)|unknown)\b"
+)
 
 
 def normalize(text: str) -> list[str]:
@@ -402,8 +412,15 @@ class LocalChatModel(BaseChatModel):
         return self.tokenizer.apply_chat_template(_chat_turns(messages), tokenize=False, add_generation_prompt=True)
 
     def _replies(self, prompts: list[str], stop: Sequence[str] | None = None) -> list[str]:
-        replies = generate(self.model, self.tokenizer, prompts, self.max_new_tokens, temperature=self.temperature,
-                           seed=self.seed, batch_size=self.batch_size)  # fmt: skip
+        replies = generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.max_new_tokens,
+            temperature=self.temperature,
+            seed=self.seed,
+            batch_size=self.batch_size,
+        )
         return [_cut(r[0], stop) for r in replies]
 
     def _generate(
@@ -423,11 +440,14 @@ class LocalChatModel(BaseChatModel):
 
 # ------------------------------------------------------------------------------------------------- RAG chains
 
-RAG_SYSTEM = ("Answer the question using only the context. Reply with the answer in a few words. If the context does "
-              "not contain the answer, reply: I don't know.")  # fmt: skip
+RAG_SYSTEM = (
+    "Answer the question using only the context. Reply with the answer in a few words. If the context does "
+    "not contain the answer, reply: I don't know."
+)
 CLOSED_BOOK_SYSTEM = "Answer the question about the course in a few words. If you do not know, reply: I don't know."
-RAG_PROMPT = ChatPromptTemplate.from_messages([("system", RAG_SYSTEM),
-                                               ("human", "Context:\n{context}\n\nQuestion: {question}")])  # fmt: skip
+RAG_PROMPT = ChatPromptTemplate.from_messages(
+    [("system", RAG_SYSTEM), ("human", "Context:\n{context}\n\nQuestion: {question}")]
+)
 CLOSED_BOOK_PROMPT = ChatPromptTemplate.from_messages([("system", CLOSED_BOOK_SYSTEM), ("human", "{question}")])
 
 
@@ -456,10 +476,16 @@ def closed_book_chain(chat_model: BaseChatModel) -> Runnable:
 # ------------------------------------------------------------------------------------------------------- tools
 
 _OPERATORS: dict[type, Callable[..., float]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow, ast.USub: operator.neg,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+    ast.USub: operator.neg,
     ast.UAdd: operator.pos,
-}  # fmt: skip
+}
 
 
 def calculate(expression: str) -> float:
@@ -658,8 +684,12 @@ def run_agent(chat_model: BaseChatModel, tools: Sequence[BaseTool], question: st
             if run.answer is not None:
                 return run
             run.unparsed += 1
-            messages.append(HumanMessage('Reply with a JSON tool call such as {"tool": "calculator", "input": "2+2"}, '
-                                         "or with: Final Answer: <the answer>"))  # fmt: skip
+            messages.append(
+                HumanMessage(
+                    'Reply with a JSON tool call such as {"tool": "calculator", "input": "2+2"}, '
+                    "or with: Final Answer: <the answer>"
+                )
+            )
             continue
         try:
             observation = str(by_name[call.name].invoke(call.argument))

@@ -93,8 +93,9 @@ def handler_spec(model_dir: str | Path) -> Any:
     return HandlerSpec()
 
 
-def in_process_endpoint(connection: Connection, model_dir: str | Path, sample_input: Any, sample_output: Any
-                        ) -> tuple[Any, Any]:  # fmt: skip
+def in_process_endpoint(
+    connection: Connection, model_dir: str | Path, sample_input: Any, sample_output: Any
+) -> tuple[Any, Any]:
     """Build and deploy the folder's handlers with ModelBuilder in Mode.IN_PROCESS; returns (builder, endpoint).
     `endpoint.invoke(body=payload).body` is the decoded answer; `stop_in_process(endpoint)` stops its server. The
     samples teach the SDK's SchemaBuilder how to (de)serialise and are sent once as its start-up health check."""
@@ -104,9 +105,15 @@ def in_process_endpoint(connection: Connection, model_dir: str | Path, sample_in
     from sagemaker.serve.mode.function_pointers import Mode
 
     schema = SchemaBuilder(sample_input, sample_output)
-    builder = ModelBuilder(inference_spec=handler_spec(model_dir), schema_builder=schema, mode=Mode.IN_PROCESS,
-                           model_path=str(model_dir), role_arn=connection.role, sagemaker_session=connection.session,
-                           log_level=logging.ERROR)  # fmt: skip
+    builder = ModelBuilder(
+        inference_spec=handler_spec(model_dir),
+        schema_builder=schema,
+        mode=Mode.IN_PROCESS,
+        model_path=str(model_dir),
+        role_arn=connection.role,
+        sagemaker_session=connection.session,
+        log_level=logging.ERROR,
+    )
     builder.build(model_name="course-in-process")
     return builder, builder.deploy()
 
@@ -130,8 +137,13 @@ def _tolerate_emulator(connection: Connection) -> None:
             events.register("after-call.sagemaker.*", _drop_empty_structures, unique_id="course-drop-empty")
 
 
-def endpoint_builder(connection: Connection, model_data: str, instance_type: str = "ml.m5.xlarge",
-                     env: dict[str, str] | None = None, image: str | None = None) -> Any:  # fmt: skip
+def endpoint_builder(
+    connection: Connection,
+    model_data: str,
+    instance_type: str = "ml.m5.xlarge",
+    env: dict[str, str] | None = None,
+    image: str | None = None,
+) -> Any:
     """A ModelBuilder (Mode.SAGEMAKER_ENDPOINT) that hosts `model_data` (the s3:// URI of a model.tar.gz with
     code/inference.py) in AWS's PyTorch inference image for `instance_type` (CPU or GPU). Build one per
     deployment: the SDK carries one deployment's settings into the next if a builder is reused."""
@@ -143,17 +155,24 @@ def endpoint_builder(connection: Connection, model_data: str, instance_type: str
         raise ValueError(f"model_data must be the s3:// URI of model.tar.gz (upload it first), got {model_data!r}")
     validate_instance_type(instance_type, "inference")
     _tolerate_emulator(connection)
-    return ModelBuilder(model_path=model_data, image_uri=image or container_image(instance_type, connection.region,
-                        scope="inference"), env_vars=PYTORCH_SERVING_ENV | (env or {}), role_arn=connection.role,
-                        sagemaker_session=connection.session, instance_type=instance_type,
-                        mode=Mode.SAGEMAKER_ENDPOINT, log_level=logging.ERROR)  # fmt: skip
+    return ModelBuilder(
+        model_path=model_data,
+        image_uri=image or container_image(instance_type, connection.region, scope="inference"),
+        env_vars=PYTORCH_SERVING_ENV | (env or {}),
+        role_arn=connection.role,
+        sagemaker_session=connection.session,
+        instance_type=instance_type,
+        mode=Mode.SAGEMAKER_ENDPOINT,
+        log_level=logging.ERROR,
+    )
 
 
 def deploy_real_time(builder: Any, name: str, instance_count: int = 1) -> Any:
     """CreateModel, CreateEndpointConfig (instances that stay up) and CreateEndpoint; returns the Endpoint."""
     builder.build(model_name=name)
-    return builder.deploy(endpoint_name=name, initial_instance_count=instance_count,
-                          instance_type=builder.instance_type, wait=False)  # fmt: skip
+    return builder.deploy(
+        endpoint_name=name, initial_instance_count=instance_count, instance_type=builder.instance_type, wait=False
+    )
 
 
 def deploy_serverless(builder: Any, name: str, memory_mb: int = 3072, max_concurrency: int = 5) -> Any:
@@ -175,9 +194,13 @@ def deploy_async(builder: Any, name: str, output_s3: str, instance_count: int = 
     from sagemaker.core.inference_config import AsyncInferenceConfig
 
     builder.build(model_name=name)
-    return builder.deploy(endpoint_name=name, instance_type=builder.instance_type, wait=False,
-                          initial_instance_count=instance_count,
-                          inference_config=AsyncInferenceConfig(output_path=output_s3))  # fmt: skip
+    return builder.deploy(
+        endpoint_name=name,
+        instance_type=builder.instance_type,
+        wait=False,
+        initial_instance_count=instance_count,
+        inference_config=AsyncInferenceConfig(output_path=output_s3),
+    )
 
 
 def batch_transform(builder: Any, name: str, input_s3: str, output_s3: str, instance_count: int = 1) -> Any:
@@ -185,28 +208,49 @@ def batch_transform(builder: Any, name: str, input_s3: str, output_s3: str, inst
     handlers take one JSON object per body), answers are assembled line by line into `output_s3`; the instances
     exist only for the job. Returns the SDK's Transformer."""
     builder.build(model_name=name)
-    transformer = builder.transformer(instance_count=instance_count, instance_type=builder.instance_type,
-                                      strategy="SingleRecord", assemble_with="Line", output_path=output_s3,
-                                      accept="application/json", max_payload=6)  # fmt: skip
+    transformer = builder.transformer(
+        instance_count=instance_count,
+        instance_type=builder.instance_type,
+        strategy="SingleRecord",
+        assemble_with="Line",
+        output_path=output_s3,
+        accept="application/json",
+        max_payload=6,
+    )
     transformer.transform(data=input_s3, content_type="application/json", split_type="Line", wait=False, logs=False)
     return transformer
 
 
-def tensor_parallel_degree(parameters: float, bytes_per_parameter: float, device_memory_gb: float,
-                           kv_cache_gb: float = 0.0, headroom: float = 0.9, devices: int = 8) -> int:  # fmt: skip
+def tensor_parallel_degree(
+    parameters: float,
+    bytes_per_parameter: float,
+    device_memory_gb: float,
+    kv_cache_gb: float = 0.0,
+    headroom: float = 0.9,
+    devices: int = 8,
+) -> int:
     """The smallest power-of-two number of devices whose memory holds the weights plus the KV cache when split
     evenly (tensor parallelism shards every weight matrix across them), using `headroom` of each device's memory
     (the rest: activations, CUDA context, fragmentation). ValueError if even `devices` are not enough."""
     need_gb = parameters * bytes_per_parameter / 1e9 + kv_cache_gb
     degree = 2 ** max(0, math.ceil(math.log2(need_gb / (device_memory_gb * headroom))))
     if degree > devices:
-        raise ValueError(f"{need_gb:.0f} GB does not fit {devices} devices of {device_memory_gb} GB: quantize, or "
-                         "add pipeline parallelism across instances")  # fmt: skip
+        raise ValueError(
+            f"{need_gb:.0f} GB does not fit {devices} devices of {device_memory_gb} GB: quantize, or "
+            "add pipeline parallelism across instances"
+        )
     return degree
 
 
-def lmi_builder(connection: Connection, model_s3: str, instance_type: str, tensor_parallel: int,
-                max_batch: int = 64, max_model_len: int = 4096, dtype: str = "fp16") -> Any:  # fmt: skip
+def lmi_builder(
+    connection: Connection,
+    model_s3: str,
+    instance_type: str,
+    tensor_parallel: int,
+    max_batch: int = 64,
+    max_model_len: int = 4096,
+    dtype: str = "fp16",
+) -> Any:
     """A ModelBuilder for the LMI (DJL Serving) image with the vLLM backend. `model_s3` is the s3:// prefix of an
     uncompressed Hugging Face folder (safetensors): SageMaker copies it to /opt/ml/model before the container
     starts, which for a model of tens of GB is much faster than unpacking a model.tar.gz. The model is sharded over
@@ -221,12 +265,24 @@ def lmi_builder(connection: Connection, model_s3: str, instance_type: str, tenso
     if not model_s3.startswith("s3://") or not model_s3.endswith("/"):
         raise ValueError(f"model_s3 must be an s3:// prefix ending in '/', got {model_s3!r}")
     validate_instance_type(instance_type, "inference")
-    env = {"HF_MODEL_ID": "/opt/ml/model", "OPTION_ROLLING_BATCH": "vllm",
-           "TENSOR_PARALLEL_DEGREE": str(tensor_parallel), "OPTION_MAX_ROLLING_BATCH_SIZE": str(max_batch),
-           "OPTION_MAX_MODEL_LEN": str(max_model_len), "OPTION_DTYPE": dtype}  # fmt: skip
+    env = {
+        "HF_MODEL_ID": "/opt/ml/model",
+        "OPTION_ROLLING_BATCH": "vllm",
+        "TENSOR_PARALLEL_DEGREE": str(tensor_parallel),
+        "OPTION_MAX_ROLLING_BATCH_SIZE": str(max_batch),
+        "OPTION_MAX_MODEL_LEN": str(max_model_len),
+        "OPTION_DTYPE": dtype,
+    }
     source = {"S3DataSource": {"S3Uri": model_s3, "S3DataType": "S3Prefix", "CompressionType": "None"}}
     image = image_uris.retrieve("djl-lmi", region=connection.region, version=LMI_VERSION)
     _tolerate_emulator(connection)
-    return ModelBuilder(image_uri=image, s3_model_data_url=source, env_vars=env, role_arn=connection.role,
-                        instance_type=instance_type, sagemaker_session=connection.session,
-                        mode=Mode.SAGEMAKER_ENDPOINT, log_level=logging.ERROR)  # fmt: skip
+    return ModelBuilder(
+        image_uri=image,
+        s3_model_data_url=source,
+        env_vars=env,
+        role_arn=connection.role,
+        instance_type=instance_type,
+        sagemaker_session=connection.session,
+        mode=Mode.SAGEMAKER_ENDPOINT,
+        log_level=logging.ERROR,
+    )

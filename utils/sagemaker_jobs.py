@@ -79,8 +79,9 @@ def validate_instance_type(name: str, kind: str = "training") -> str:
     """`name` if SageMaker accepts it for `kind`, else ValueError naming the closest valid types."""
     valid = instance_types(kind)
     if not isinstance(name, str):
-        raise InvalidRequest(f"instance type is required: a SageMaker {kind} instance type such as ml.g5.xlarge, got "
-                             f"{name!r}")  # fmt: skip
+        raise InvalidRequest(
+            f"instance type is required: a SageMaker {kind} instance type such as ml.g5.xlarge, got {name!r}"
+        )
     if name not in valid:
         close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else " (SageMaker names look like ml.g5.xlarge)"
@@ -121,12 +122,15 @@ def _check_text(argument: str, value: Any, shape: str) -> str:
     """`value` if it is a string that fits SageMaker's `shape` (length and pattern), else InvalidRequest naming
     `argument`, the shape and its rule."""
     meta = _api_model().shape_for(shape).metadata
-    if not isinstance(value, str) or not meta.get("min", 0) <= len(value) <= meta.get("max", len(value)) or (
-        "pattern" in meta and not re.fullmatch(meta["pattern"], value)
-    ):  # fmt: skip
+    if (
+        not isinstance(value, str)
+        or not meta.get("min", 0) <= len(value) <= meta.get("max", len(value))
+        or ("pattern" in meta and not re.fullmatch(meta["pattern"], value))
+    ):
         length = f"{meta.get('min', 0)}-{meta['max']} characters" if "max" in meta else "text"
-        raise InvalidRequest(f"{argument} must be {length} matching {meta.get('pattern', '.*')} (SageMaker's "
-                             f"{shape}), got {value!r}")  # fmt: skip
+        raise InvalidRequest(
+            f"{argument} must be {length} matching {meta.get('pattern', '.*')} (SageMaker's {shape}), got {value!r}"
+        )
     return value
 
 
@@ -137,8 +141,10 @@ def _check_s3_uri(argument: str, value: Any, hint: str) -> str:
     if not isinstance(value, str):
         raise InvalidRequest(f"{argument} is required: an s3://bucket/prefix URI, got {value!r}; {hint}")
     if not value.startswith("s3://") or len(value) <= len("s3://"):
-        raise InvalidRequest(f"{argument} must be an s3://bucket/prefix URI, got {value!r}: the job runs on AWS and "
-                             f"cannot see this machine's files; {hint}")  # fmt: skip
+        raise InvalidRequest(
+            f"{argument} must be an s3://bucket/prefix URI, got {value!r}: the job runs on AWS and "
+            f"cannot see this machine's files; {hint}"
+        )
     return _check_text(argument, value, "S3Uri")
 
 
@@ -150,8 +156,9 @@ def _check_hyperparameters(hyperparameters: Any) -> dict[str, Any]:
         raise InvalidRequest(f"hyperparameters must be a dict of flag name to value, got {hyperparameters!r}")
     limit = _api_model().shape_for("HyperParameters").metadata["max"]
     if len(hyperparameters) > limit:
-        raise InvalidRequest(f"{len(hyperparameters)} hyperparameters: SageMaker's HyperParameters holds at most "
-                             f"{limit}")  # fmt: skip
+        raise InvalidRequest(
+            f"{len(hyperparameters)} hyperparameters: SageMaker's HyperParameters holds at most {limit}"
+        )
     for key, value in hyperparameters.items():
         _check_text("hyperparameter name", key, "HyperParameterKey")
         if value is None:
@@ -167,14 +174,33 @@ def container_image(instance_type: str, region: str = DEFAULT_REGION, scope: str
 
     family = instance_type.split(".")[1]
     if family.startswith("trn") and scope == "training":
-        return image_uris.retrieve("pytorch", region=region, version=NEURON_TRAINING_PYTORCH, py_version="py38",
-                                   instance_type=instance_type, image_scope=scope)  # fmt: skip
+        return image_uris.retrieve(
+            "pytorch",
+            region=region,
+            version=NEURON_TRAINING_PYTORCH,
+            py_version="py38",
+            instance_type=instance_type,
+            image_scope=scope,
+        )
     if family.startswith(("trn", "inf")):
-        return image_uris.retrieve("huggingface", region=region, version=NEURON_TRANSFORMERS, py_version="py310",
-                                   base_framework_version=NEURON_INFERENCE_PYTORCH, inference_tool="neuronx",
-                                   instance_type=instance_type, image_scope=scope)  # fmt: skip
-    return image_uris.retrieve("pytorch", region=region, version=PYTORCH_VERSION, py_version=PYTHON_VERSION,
-                               instance_type=instance_type, image_scope=scope)  # fmt: skip
+        return image_uris.retrieve(
+            "huggingface",
+            region=region,
+            version=NEURON_TRANSFORMERS,
+            py_version="py310",
+            base_framework_version=NEURON_INFERENCE_PYTORCH,
+            inference_tool="neuronx",
+            instance_type=instance_type,
+            image_scope=scope,
+        )
+    return image_uris.retrieve(
+        "pytorch",
+        region=region,
+        version=PYTORCH_VERSION,
+        py_version=PYTHON_VERSION,
+        instance_type=instance_type,
+        image_scope=scope,
+    )
 
 
 def _strip_empty(value: Any) -> Any:
@@ -282,16 +308,22 @@ def connect(role: str | None = None, region: str | None = None, offline: bool | 
     if offline:
         from moto import mock_aws
 
-        settings = {"AWS_ACCESS_KEY_ID": "offline", "AWS_SECRET_ACCESS_KEY": "offline", "AWS_SESSION_TOKEN": None,
-                    "AWS_DEFAULT_REGION": region, "SAGEMAKER_VALIDATE_ROLE": "false"}  # fmt: skip
+        settings = {
+            "AWS_ACCESS_KEY_ID": "offline",
+            "AWS_SECRET_ACCESS_KEY": "offline",
+            "AWS_SESSION_TOKEN": None,
+            "AWS_DEFAULT_REGION": region,
+            "SAGEMAKER_VALIDATE_ROLE": "false",
+        }
         saved = _set_environment(settings)
         emulator = mock_aws()
         emulator.start()
     from sagemaker.core.helper.session_helper import Session
 
     boto_session = boto3.Session(region_name=region)
-    connection = Connection(session=None, role=role, region=region, offline=offline, _emulator=emulator,
-                            _saved_environment=saved)  # fmt: skip
+    connection = Connection(
+        session=None, role=role, region=region, offline=offline, _emulator=emulator, _saved_environment=saved
+    )
     if offline:
         _active_offline = connection
 
@@ -335,8 +367,10 @@ def spot_stopping_condition(max_run_seconds: int, max_wait_seconds: int | None =
         max_wait_seconds = 2 * max_run_seconds
     _check_number("max_wait_seconds", max_wait_seconds, "MaxWaitTimeInSeconds")
     if max_wait_seconds < max_run_seconds:
-        raise InvalidRequest(f"max wait ({max_wait_seconds} s) must be at least max run ({max_run_seconds} s): it "
-                             "counts the run itself plus time waiting for spot capacity")  # fmt: skip
+        raise InvalidRequest(
+            f"max wait ({max_wait_seconds} s) must be at least max run ({max_run_seconds} s): it "
+            "counts the run itself plus time waiting for spot capacity"
+        )
     return StoppingCondition(max_runtime_in_seconds=max_run_seconds, max_wait_time_in_seconds=max_wait_seconds)
 
 
@@ -379,38 +413,52 @@ def gpt_trainer(
     validate_instance_type(instance_type)
     validate_job_name(base_job_name)
     if len(base_job_name) > 47:
-        raise InvalidRequest(f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character "
-                             "suffix")  # fmt: skip
+        raise InvalidRequest(
+            f"base job name {base_job_name!r} is over 47 characters; the SDK adds a 15-character suffix"
+        )
     _check_hyperparameters(hyperparameters)
     _check_number("instance_count", instance_count, "TrainingInstanceCount", low=1)
     if processes_per_host is not None and (
         isinstance(processes_per_host, bool) or not isinstance(processes_per_host, int) or processes_per_host < 1
-    ):  # fmt: skip
-        raise InvalidRequest(f"processes_per_host must be a whole number of at least 1 (torchrun's --nproc-per-node), "
-                             f"or None for one per GPU; got {processes_per_host!r}")  # fmt: skip
+    ):
+        raise InvalidRequest(
+            f"processes_per_host must be a whole number of at least 1 (torchrun's --nproc-per-node), "
+            f"or None for one per GPU; got {processes_per_host!r}"
+        )
     _check_number("max_run_seconds", max_run_seconds, "MaxRuntimeInSeconds")
     if max_wait_seconds is not None and not spot:
-        raise InvalidRequest("max_wait_seconds bounds the wait for spot capacity (MaxWaitTimeInSeconds) and applies "
-                             "only with spot=True; drop it or set spot=True")  # fmt: skip
+        raise InvalidRequest(
+            "max_wait_seconds bounds the wait for spot capacity (MaxWaitTimeInSeconds) and applies "
+            "only with spot=True; drop it or set spot=True"
+        )
     if retries != 0:
         _check_number("retries", retries, "MaximumRetryAttempts")
     _check_number("warm_pool_seconds", warm_pool_seconds, "KeepAlivePeriodInSeconds")
     if spot and warm_pool_seconds:
-        raise InvalidRequest("SageMaker warm pools cannot be used with spot instances: choose spot or "
-                             "warm_pool_seconds")  # fmt: skip
+        raise InvalidRequest(
+            "SageMaker warm pools cannot be used with spot instances: choose spot or warm_pool_seconds"
+        )
     if checkpoint_s3_uri is not None:
         _check_s3_uri("checkpoint_s3_uri", checkpoint_s3_uri, "SageMaker syncs /opt/ml/checkpoints with S3 only")
     if not isinstance(source_dir, (str, Path)):
-        raise InvalidRequest(f"source_dir is required: the folder utils.sagemaker_local.stage_source made, got "
-                             f"{source_dir!r}")  # fmt: skip
+        raise InvalidRequest(
+            f"source_dir is required: the folder utils.sagemaker_local.stage_source made, got {source_dir!r}"
+        )
     if not (Path(source_dir) / "train.py").is_file():
         raise FileNotFoundError(f"{source_dir}/train.py not found: stage it with utils.sagemaker_local.stage_source")
     requirements = "requirements-container.txt" if install_requirements else None
-    stopping = (spot_stopping_condition(max_run_seconds, max_wait_seconds) if spot
-                else StoppingCondition(max_runtime_in_seconds=max_run_seconds))  # fmt: skip
+    stopping = (
+        spot_stopping_condition(max_run_seconds, max_wait_seconds)
+        if spot
+        else StoppingCondition(max_runtime_in_seconds=max_run_seconds)
+    )
     checkpoints = CheckpointConfig(s3_uri=checkpoint_s3_uri, local_path=CHECKPOINTS_IN_CONTAINER)
-    compute = Compute(instance_type=instance_type, instance_count=instance_count, enable_managed_spot_training=spot,
-                      keep_alive_period_in_seconds=warm_pool_seconds or None)  # fmt: skip
+    compute = Compute(
+        instance_type=instance_type,
+        instance_count=instance_count,
+        enable_managed_spot_training=spot,
+        keep_alive_period_in_seconds=warm_pool_seconds or None,
+    )
     trainer = ModelTrainer(
         sagemaker_session=connection.session,
         role=connection.role,
@@ -448,10 +496,15 @@ def driver_command(trainer: Any, host_count: int | None = None) -> list[str]:
         _check_number("host_count", host_count, "TrainingInstanceCount", low=1)
     host_count = host_count or trainer.compute.instance_count
     process_count = trainer.distributed.process_count_per_node if trainer.distributed else 1
-    container_env = {"SM_ENTRY_SCRIPT": trainer.source_code.entry_script, "SM_HPS": json.dumps(trainer.hyperparameters),
-                     "SM_DISTRIBUTED_CONFIG": json.dumps({"process_count_per_node": process_count}),
-                     "SM_HOST_COUNT": str(host_count), "SM_MASTER_ADDR": "algo-1", "SM_MASTER_PORT": "7777",
-                     "SM_CURRENT_HOST_RANK": "0"}  # fmt: skip
+    container_env = {
+        "SM_ENTRY_SCRIPT": trainer.source_code.entry_script,
+        "SM_HPS": json.dumps(trainer.hyperparameters),
+        "SM_DISTRIBUTED_CONFIG": json.dumps({"process_count_per_node": process_count}),
+        "SM_HOST_COUNT": str(host_count),
+        "SM_MASTER_ADDR": "algo-1",
+        "SM_MASTER_PORT": "7777",
+        "SM_CURRENT_HOST_RANK": "0",
+    }
     saved = _set_environment(container_env)
     try:
         return torchrun_driver.create_commands()
@@ -505,20 +558,31 @@ def gpt_tuner(
     if strategy not in strategies:
         raise InvalidRequest(f"strategy {strategy!r}: SageMaker offers {', '.join(strategies)}")
     if strategy == "Hyperband" and (early_stopping or not max_resource or max_resource < 1):
-        raise InvalidRequest("Hyperband stops trials itself: pass max_resource (objective values in a full trial), "
-                         "and leave early_stopping off")  # fmt: skip
+        raise InvalidRequest(
+            "Hyperband stops trials itself: pass max_resource (objective values in a full trial), "
+            "and leave early_stopping off"
+        )
     if ranges is None:
-        parameters = {"lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"),
-                      "warmup": IntegerParameter(0, 50)}  # fmt: skip
+        parameters = {
+            "lr": ContinuousParameter(1e-4, 3e-3, scaling_type="Logarithmic"),
+            "warmup": IntegerParameter(0, 50),
+        }
     else:
-        parameters = {r["Name"]: ContinuousParameter(float(r["MinValue"]), float(r["MaxValue"]),
-                                                     scaling_type=r.get("ScalingType", "Auto"))
-                      for r in ranges.get("ContinuousParameterRanges", [])}  # fmt: skip
-        parameters |= {r["Name"]: IntegerParameter(int(r["MinValue"]), int(r["MaxValue"]),
-                                                   scaling_type=r.get("ScalingType", "Auto"))
-                       for r in ranges.get("IntegerParameterRanges", [])}  # fmt: skip
-        parameters |= {r["Name"]: CategoricalParameter(list(r["Values"]))
-                       for r in ranges.get("CategoricalParameterRanges", [])}  # fmt: skip
+        parameters = {
+            r["Name"]: ContinuousParameter(
+                float(r["MinValue"]), float(r["MaxValue"]), scaling_type=r.get("ScalingType", "Auto")
+            )
+            for r in ranges.get("ContinuousParameterRanges", [])
+        }
+        parameters |= {
+            r["Name"]: IntegerParameter(
+                int(r["MinValue"]), int(r["MaxValue"]), scaling_type=r.get("ScalingType", "Auto")
+            )
+            for r in ranges.get("IntegerParameterRanges", [])
+        }
+        parameters |= {
+            r["Name"]: CategoricalParameter(list(r["Values"])) for r in ranges.get("CategoricalParameterRanges", [])
+        }
         if not parameters:
             raise InvalidRequest("ranges has no parameter: give at least one Continuous, Integer or Categorical range")
     options: dict[str, Any] = {}
@@ -526,11 +590,19 @@ def gpt_tuner(
         config = HyperbandStrategyConfig(min_resource=1, max_resource=max_resource)
         options["strategy_config"] = HyperParameterTuningJobStrategyConfig(hyperband_strategy_config=config)
     trainer.checkpoint_config = None
-    return HyperparameterTuner(model_trainer=trainer, objective_metric_name=objective, objective_type="Minimize",
-                               hyperparameter_ranges=parameters, metric_definitions=METRIC_DEFINITIONS,
-                               max_jobs=max_jobs, max_parallel_jobs=max_parallel_jobs, strategy=strategy,
-                               early_stopping_type="Auto" if early_stopping else "Off",
-                               base_tuning_job_name=f"{trainer.base_job_name}-tune", **options)  # fmt: skip
+    return HyperparameterTuner(
+        model_trainer=trainer,
+        objective_metric_name=objective,
+        objective_type="Minimize",
+        hyperparameter_ranges=parameters,
+        metric_definitions=METRIC_DEFINITIONS,
+        max_jobs=max_jobs,
+        max_parallel_jobs=max_parallel_jobs,
+        strategy=strategy,
+        early_stopping_type="Auto" if early_stopping else "Off",
+        base_tuning_job_name=f"{trainer.base_job_name}-tune",
+        **options,
+    )
 
 
 def start_tuning(tuner: Any, data_s3_uri: str, validation_s3_uri: str | None = None, channel: str = "training") -> Any:
@@ -554,8 +626,14 @@ def start_tuning(tuner: Any, data_s3_uri: str, validation_s3_uri: str | None = N
     return tuner
 
 
-def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters: dict[str, Any], data_s3_uri: str,
-                 name: str = "course-gpt-pipeline", **trainer_options: Any) -> Any:  # fmt: skip
+def gpt_pipeline(
+    connection: Connection,
+    source_dir: str | Path,
+    hyperparameters: dict[str, Any],
+    data_s3_uri: str,
+    name: str = "course-gpt-pipeline",
+    **trainer_options: Any,
+) -> Any:
     """A one-step SageMaker Pipeline that trains the GPT, with the instance type as a pipeline parameter. Its
     `definition()` is the JSON SageMaker stores; `upsert(role_arn=...)` creates or updates it (CreatePipeline)."""
     from sagemaker.core.training.configs import InputData
@@ -569,8 +647,9 @@ def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters
     pipeline_session = PipelineSession(boto_session=connection.session.boto_session)
     default_type = trainer_options.pop("instance_type", "ml.g5.xlarge")
     instance_type = ParameterString(name="TrainingInstanceType", default_value=default_type)
-    trainer = gpt_trainer(connection, source_dir, hyperparameters, instance_type=instance_type.default_value,
-                          **trainer_options)  # fmt: skip
+    trainer = gpt_trainer(
+        connection, source_dir, hyperparameters, instance_type=instance_type.default_value, **trainer_options
+    )
     trainer.sagemaker_session = pipeline_session
     trainer.compute.instance_type = instance_type
     step_args = trainer.train(input_data_config=[InputData(channel_name="training", data_source=data_s3_uri)])
@@ -578,10 +657,18 @@ def gpt_pipeline(connection: Connection, source_dir: str | Path, hyperparameters
     return Pipeline(name=name, parameters=[instance_type], steps=[step], sagemaker_session=pipeline_session)
 
 
-def gated_pipeline(connection: Connection, source_dir: str | Path, hyperparameters: dict[str, Any], data_s3_uri: str,
-                   validation_s3_uri: str, max_validation_loss: float, model_group: str = "course-gpt",
-                   name: str = "course-gated-pipeline", inference_instance: str = "ml.m5.xlarge",
-                   **trainer_options: Any) -> Any:  # fmt: skip
+def gated_pipeline(
+    connection: Connection,
+    source_dir: str | Path,
+    hyperparameters: dict[str, Any],
+    data_s3_uri: str,
+    validation_s3_uri: str,
+    max_validation_loss: float,
+    model_group: str = "course-gpt",
+    name: str = "course-gated-pipeline",
+    inference_instance: str = "ml.m5.xlarge",
+    **trainer_options: Any,
+) -> Any:
     """Chapter 14's pipeline as SageMaker Pipelines steps (`sagemaker.mlops.workflow`): TrainGPT (the program with a
     validation channel, so it logs `val_loss`) -> ValidationGate, a ConditionStep on the job's final scraped
     `validation:loss` <= the `MaxValidationLoss` parameter -> RegisterGPT (a ModelStep that registers a version in
@@ -613,21 +700,39 @@ def gated_pipeline(connection: Connection, source_dir: str | Path, hyperparamete
     trainer = gpt_trainer(connection, source_dir, hyperparameters, instance_type=default_type, **trainer_options)
     trainer.sagemaker_session = pipeline_session
     trainer.compute.instance_type = instance_type
-    channels = [InputData(channel_name="training", data_source=data_s3_uri),
-                InputData(channel_name="validation", data_source=validation_s3_uri)]  # fmt: skip
+    channels = [
+        InputData(channel_name="training", data_source=data_s3_uri),
+        InputData(channel_name="validation", data_source=validation_s3_uri),
+    ]
     train = TrainingStep(name="TrainGPT", step_args=trainer.train(input_data_config=channels))
-    builder = ModelBuilder(s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
-                           image_uri=container_image(inference_instance, connection.region, scope="inference"),
-                           role_arn=connection.role, sagemaker_session=pipeline_session,
-                           instance_type=inference_instance, mode=Mode.SAGEMAKER_ENDPOINT)  # fmt: skip
-    register = ModelStep(name="RegisterGPT", step_args=builder.register(
-        model_package_group_name=model_group, content_types=["application/json"],
-        response_types=["application/json"], inference_instances=[inference_instance],
-        approval_status="PendingManualApproval"))  # fmt: skip
-    too_high = FailStep(name="ValidationLossTooHigh",
-                        error_message=Join(on=" ", values=["final validation loss above", threshold]))  # fmt: skip
+    builder = ModelBuilder(
+        s3_model_data_url=train.properties.ModelArtifacts.S3ModelArtifacts,
+        image_uri=container_image(inference_instance, connection.region, scope="inference"),
+        role_arn=connection.role,
+        sagemaker_session=pipeline_session,
+        instance_type=inference_instance,
+        mode=Mode.SAGEMAKER_ENDPOINT,
+    )
+    register = ModelStep(
+        name="RegisterGPT",
+        step_args=builder.register(
+            model_package_group_name=model_group,
+            content_types=["application/json"],
+            response_types=["application/json"],
+            inference_instances=[inference_instance],
+            approval_status="PendingManualApproval",
+        ),
+    )
+    too_high = FailStep(
+        name="ValidationLossTooHigh", error_message=Join(on=" ", values=["final validation loss above", threshold])
+    )
     val_loss = train.properties.FinalMetricDataList["validation:loss"].Value
-    gate = ConditionStep(name="ValidationGate", conditions=[ConditionLessThanOrEqualTo(left=val_loss, right=threshold)],
-                         if_steps=[register], else_steps=[too_high])  # fmt: skip
-    return Pipeline(name=name, parameters=[instance_type, threshold], steps=[train, gate],
-                    sagemaker_session=pipeline_session)  # fmt: skip
+    gate = ConditionStep(
+        name="ValidationGate",
+        conditions=[ConditionLessThanOrEqualTo(left=val_loss, right=threshold)],
+        if_steps=[register],
+        else_steps=[too_high],
+    )
+    return Pipeline(
+        name=name, parameters=[instance_type, threshold], steps=[train, gate], sagemaker_session=pipeline_session
+    )

@@ -165,12 +165,23 @@ class ChinchillaFit:
 
 HUBER_DELTA = 1e-3  # Hoffmann et al. (2022), section 3.3: robust to outliers, yet quadratic near the fit
 # Search box of `fit_chinchilla`, in its parameterisation (A, B and E through their logarithms); log E = -20: E = 2e-9.
-FIT_BOUNDS = {"log A": (-5.0, 30.0), "log B": (-5.0, 30.0), "log E": (-20.0, 3.0), "alpha": (0.0, 2.0),
-              "beta": (0.0, 2.0)}  # fmt: skip
+FIT_BOUNDS = {
+    "log A": (-5.0, 30.0),
+    "log B": (-5.0, 30.0),
+    "log E": (-20.0, 3.0),
+    "alpha": (0.0, 2.0),
+    "beta": (0.0, 2.0),
+}
 # Starting points: a coarse version of Hoffmann et al.'s grid (appendix D.2: alpha, beta in 0..2, e in -1..1, a and b
 # in 0..25), 3 x 3 x 3 x 3 x 3 = 243 starts.
-FIT_STARTS = [(a, b, e, alpha, beta) for a in (0.0, 5.0, 15.0) for b in (0.0, 5.0, 15.0) for e in (-1.0, 0.0, 1.0)
-              for alpha in (0.2, 0.5, 1.0) for beta in (0.2, 0.5, 1.0)]  # fmt: skip
+FIT_STARTS = [
+    (a, b, e, alpha, beta)
+    for a in (0.0, 5.0, 15.0)
+    for b in (0.0, 5.0, 15.0)
+    for e in (-1.0, 0.0, 1.0)
+    for alpha in (0.2, 0.5, 1.0)
+    for beta in (0.2, 0.5, 1.0)
+]
 
 
 def fit_chinchilla(
@@ -210,13 +221,24 @@ def fit_chinchilla(
     best_cost, best = min(fits, key=lambda f: f[0])
     near = np.array([x for cost, x in fits if cost <= best_cost * 1.01 + 1e-12])
     span = high - low
-    at_bounds = tuple(name for name, value, lo, hi, width in zip(FIT_BOUNDS, best, low, high, span, strict=True)
-                      if min(value - lo, hi - value) < 1e-4 * width)  # fmt: skip
+    at_bounds = tuple(
+        name
+        for name, value, lo, hi, width in zip(FIT_BOUNDS, best, low, high, span, strict=True)
+        if min(value - lo, hi - value) < 1e-4 * width
+    )
     log_a, log_b, log_e, alpha, beta = best
-    law = ChinchillaLaw(E=float(np.exp(log_e)), A=float(np.exp(log_a)), B=float(np.exp(log_b)), alpha=float(alpha),
-                        beta=float(beta))  # fmt: skip
-    return ChinchillaFit(law, best_cost, at_bounds, len(starts), len(near), (float(near[:, 3].min()),
-                         float(near[:, 3].max())), (float(near[:, 4].min()), float(near[:, 4].max())))  # fmt: skip
+    law = ChinchillaLaw(
+        E=float(np.exp(log_e)), A=float(np.exp(log_a)), B=float(np.exp(log_b)), alpha=float(alpha), beta=float(beta)
+    )
+    return ChinchillaFit(
+        law,
+        best_cost,
+        at_bounds,
+        len(starts),
+        len(near),
+        (float(near[:, 3].min()), float(near[:, 3].max())),
+        (float(near[:, 4].min()), float(near[:, 4].max())),
+    )
 
 
 def dataset_sufficiency(parameters: float, documents: int, tokens_per_document: float) -> dict[str, float | bool]:
@@ -227,8 +249,12 @@ def dataset_sufficiency(parameters: float, documents: int, tokens_per_document: 
         raise ValueError("parameters must be positive; documents and tokens per document non-negative")
     available = documents * tokens_per_document
     required = CHINCHILLA_TOKENS_PER_PARAMETER * parameters
-    return {"available_tokens": available, "required_tokens": required, "ratio": available / required,
-            "enough": available >= required}  # fmt: skip
+    return {
+        "available_tokens": available,
+        "required_tokens": required,
+        "ratio": available / required,
+        "enough": available >= required,
+    }
 
 
 def isoflop_plan(
@@ -255,8 +281,16 @@ def isoflop_plan(
             tokens = steps * tokens_per_step
             skip = f"{steps} steps < {min_steps}" if steps < min_steps else ""
             skip = skip or (f"{tokens:,} tokens > {max_tokens:,.0f}" if tokens > max_tokens else "")
-            rows.append({"budget": budget, "model": model, "steps": steps, "tokens": tokens,
-                         "flops": tokens * per_token, "skip": skip})  # fmt: skip
+            rows.append(
+                {
+                    "budget": budget,
+                    "model": model,
+                    "steps": steps,
+                    "tokens": tokens,
+                    "flops": tokens * per_token,
+                    "skip": skip,
+                }
+            )
     return rows
 
 
@@ -280,8 +314,11 @@ def isoflop_minimum(parameters: np.ndarray, losses: np.ndarray, neighbours: int 
     bracketed = bool(0 < best < len(sizes) - 1 and sizes[window][0] < vertex < sizes[window][-1])
     if not bracketed:
         return {"parameters": float(np.exp(sizes[best])), "loss": float(mean[best]), "bracketed": False}
-    return {"parameters": float(np.exp(vertex)), "loss": float(np.polyval([curvature, slope, intercept], vertex)),
-            "bracketed": True}  # fmt: skip
+    return {
+        "parameters": float(np.exp(vertex)),
+        "loss": float(np.polyval([curvature, slope, intercept], vertex)),
+        "bracketed": True,
+    }
 
 
 def isoflop_optima(budgets: np.ndarray, parameters: np.ndarray, losses: np.ndarray) -> dict[str, np.ndarray]:

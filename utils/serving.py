@@ -67,9 +67,14 @@ STREAM_TYPE = "application/jsonlines"
 # ------------------------------------------------------------------------------------------------ model folders
 
 
-def write_model_folder(dest: str | Path, weights_from: str | Path, manifest: dict[str, Any],
-                       extra_files: dict[str, str | Path] | None = None, code_dir: str | Path = SERVING_CODE,
-                       link: bool = True) -> Path:  # fmt: skip
+def write_model_folder(
+    dest: str | Path,
+    weights_from: str | Path,
+    manifest: dict[str, Any],
+    extra_files: dict[str, str | Path] | None = None,
+    code_dir: str | Path = SERVING_CODE,
+    link: bool = True,
+) -> Path:
     """Lay out a model folder: every file of `weights_from` (a Hugging Face folder saved with safetensors; linked,
     not copied, when `link`), `extra_files` ({name in folder: source file}, e.g. a head's safetensors), the
     manifest as serving.json and `code_dir` as code/. Refuses pickled weights (.bin, .pt, .pth, .pkl)."""
@@ -231,8 +236,9 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
             def batch_fn(items, model):
                 return [state.handlers.predict_fn(item, model) for item in items]
 
-        state.batcher = DynamicBatcher(lambda items: batch_fn(items, state.model), settings.max_batch,
-                                       settings.max_wait_ms / 1000)  # fmt: skip
+        state.batcher = DynamicBatcher(
+            lambda items: batch_fn(items, state.model), settings.max_batch, settings.max_wait_ms / 1000
+        )
         worker = asyncio.create_task(state.batcher.run())
         yield
         worker.cancel()
@@ -269,11 +275,15 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
         try:
             body = await _read_body(request, settings.max_body_bytes)
         except _TooLarge as error:
-            return _error(413, f"the body is {error.args[0]:,} bytes; this endpoint takes at most "
-                               f"{settings.max_body_bytes:,}")  # fmt: skip
+            return _error(
+                413, f"the body is {error.args[0]:,} bytes; this endpoint takes at most {settings.max_body_bytes:,}"
+            )
         if state.in_flight >= settings.max_queue:
-            return _error(503, f"server busy: {state.in_flight} requests in flight (limit {settings.max_queue}); "
-                               "retry after a second", {"Retry-After": "1"})  # fmt: skip
+            return _error(
+                503,
+                f"server busy: {state.in_flight} requests in flight (limit {settings.max_queue}); retry after a second",
+                {"Retry-After": "1"},
+            )
         state.in_flight += 1
         handed_to_stream = False
         try:
@@ -345,14 +355,17 @@ def create_app(model_dir: str | Path, settings: ServerSettings = ServerSettings(
     return app
 
 
-def serve(model_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          settings: ServerSettings = ServerSettings()) -> None:  # fmt: skip
+def serve(
+    model_dir: str | Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    settings: ServerSettings = ServerSettings(),
+) -> None:
     """Run the server in this process until SIGINT/SIGTERM (uvicorn's graceful shutdown: in-flight requests get
     up to 5 s to finish)."""
     import uvicorn
 
-    uvicorn.run(create_app(model_dir, settings), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.run(create_app(model_dir, settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
 
 
 # ------------------------------------------------------------------------------------------ background process
@@ -395,8 +408,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"the server exited with code {self.process.returncode}; its log:\n"
-                                   f"{self.log_tail()}")  # fmt: skip
+                raise RuntimeError(
+                    f"the server exited with code {self.process.returncode}; its log:\n{self.log_tail()}"
+                )
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{self.url}/ping", timeout=2).status_code == 200:
                     return self
@@ -431,10 +445,16 @@ def free_port(preferred: int = DEFAULT_PORT, host: str = DEFAULT_HOST) -> int:
     raise OSError(f"no free port on {host}")
 
 
-def start_server(model_dir: str | Path, port: int | None = None, host: str = DEFAULT_HOST,
-                 settings: ServerSettings = ServerSettings(), log_path: str | Path | None = None,
-                 timeout: float = 180.0, env: dict[str, str] | None = None, wait: bool = True
-                 ) -> ServerProcess:  # fmt: skip
+def start_server(
+    model_dir: str | Path,
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    settings: ServerSettings = ServerSettings(),
+    log_path: str | Path | None = None,
+    timeout: float = 180.0,
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+) -> ServerProcess:
     """Start `python -m utils.serving serve` on `model_dir` as a background process in its own process group,
     wait until GET /ping answers 200 (`wait=False`: return at once, call `wait_ready` later, so that several
     servers load their models at the same time), and return it. The process dies with this one (Linux:
@@ -444,14 +464,32 @@ def start_server(model_dir: str | Path, port: int | None = None, host: str = DEF
     load_handlers(model_dir)  # fail here, with the reason, rather than in the child
     port = port or free_port(DEFAULT_PORT, host)
     log_path = Path(log_path or model_dir.parent / f"server-{port}.log")
-    command = [sys.executable, "-m", "utils.serving", "serve", str(model_dir), "--host", host, "--port", str(port),
-               "--max-batch", str(settings.max_batch), "--max-wait-ms", str(settings.max_wait_ms),
-               "--max-queue", str(settings.max_queue), "--max-body-bytes", str(settings.max_body_bytes),
-               "--exit-with-parent", str(os.getpid())]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "utils.serving",
+        "serve",
+        str(model_dir),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--max-batch",
+        str(settings.max_batch),
+        "--max-wait-ms",
+        str(settings.max_wait_ms),
+        "--max-queue",
+        str(settings.max_queue),
+        "--max-body-bytes",
+        str(settings.max_body_bytes),
+        "--exit-with-parent",
+        str(os.getpid()),
+    ]
     child_env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   env=child_env | (env or {}), start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=child_env | (env or {}), start_new_session=True
+        )
     url_host = f"[{host}]" if ":" in host else host
     server = ServerProcess(process, f"http://{url_host}:{port}", log_path, model_dir)
     _running.append(server)
@@ -497,8 +535,13 @@ def stream_timing(url: str, payload: dict[str, Any], timeout: float = 120.0) -> 
                 pieces.append(chunk["text"])
             else:
                 final = chunk
-    return {"first_token_s": first, "total_s": time.perf_counter() - start, "pieces": len(pieces),
-            "text": "".join(pieces), **final}  # fmt: skip
+    return {
+        "first_token_s": first,
+        "total_s": time.perf_counter() - start,
+        "pieces": len(pieces),
+        "text": "".join(pieces),
+        **final,
+    }
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -513,8 +556,12 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
         high = min(low + 1, len(ordered) - 1)
         return 1000 * (ordered[low] + (ordered[high] - ordered[low]) * (position - low))
 
-    return {"p50_ms": percentile(50), "p95_ms": percentile(95), "p99_ms": percentile(99),
-            "mean_ms": 1000 * statistics.fmean(ordered)}  # fmt: skip
+    return {
+        "p50_ms": percentile(50),
+        "p95_ms": percentile(95),
+        "p99_ms": percentile(99),
+        "mean_ms": 1000 * statistics.fmean(ordered),
+    }
 
 
 @dataclass
@@ -537,13 +584,19 @@ class LoadTestResult:
 
     def summary(self) -> dict[str, Any]:
         ok = [t for t in self.latencies if t is not None]
-        return {"requests": sum(self.statuses.values()), "statuses": dict(self.statuses), "wall_s": self.wall_s,
-                "requests_per_s": self.requests_per_s, "tokens_per_s": self.tokens_per_s,
-                **(latency_summary(ok) if ok else {})}  # fmt: skip
+        return {
+            "requests": sum(self.statuses.values()),
+            "statuses": dict(self.statuses),
+            "wall_s": self.wall_s,
+            "requests_per_s": self.requests_per_s,
+            "tokens_per_s": self.tokens_per_s,
+            **(latency_summary(ok) if ok else {}),
+        }
 
 
-async def _load_test(url: str, payloads: list[Any], clients: int, requests_per_client: int,
-                     timeout: float) -> LoadTestResult:  # fmt: skip
+async def _load_test(
+    url: str, payloads: list[Any], clients: int, requests_per_client: int, timeout: float
+) -> LoadTestResult:
     latencies: list[float] = []
     statuses: Counter = Counter()
     errors: list[str] = []
@@ -577,8 +630,9 @@ async def _load_test(url: str, payloads: list[Any], clients: int, requests_per_c
     return LoadTestResult(latencies, statuses, wall, tokens, errors)
 
 
-def load_test(url: str, payloads: list[Any], clients: int = 16, requests_per_client: int = 4,
-              timeout: float = 300.0) -> LoadTestResult:  # fmt: skip
+def load_test(
+    url: str, payloads: list[Any], clients: int = 16, requests_per_client: int = 4, timeout: float = 300.0
+) -> LoadTestResult:
     """`clients` concurrent closed-loop clients (each sends its next request when the previous one is answered)
     send `requests_per_client` requests each, cycling through `payloads`, then stop; everything is over within
     `timeout` s. Loopback URLs only. Runs its own event loop in a worker thread, so it works in a notebook too."""

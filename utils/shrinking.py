@@ -31,9 +31,13 @@ import numpy as np
 import torch
 
 
-def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path: str | Path,
-                input_names: Sequence[str] = ("input_ids", "attention_mask"),
-                output_names: Sequence[str] = ("logits",)) -> Path:  # fmt: skip
+def export_onnx(
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    path: str | Path,
+    input_names: Sequence[str] = ("input_ids", "attention_mask"),
+    output_names: Sequence[str] = ("logits",),
+) -> Path:
     """Export `module` (called as module(*example)) to one self-contained ONNX file with torch.onnx.export
     (dynamo=True); every input's first two dimensions (batch, sequence) stay dynamic."""
     path = Path(path)
@@ -46,9 +50,17 @@ def export_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (FutureWarning, UserWarning))  # deprecations inside torch.export
-            torch.onnx.export(module.eval(), example, str(path), dynamo=True, external_data=False, verbose=False,
-                              input_names=list(input_names), output_names=list(output_names),
-                              dynamic_shapes=shapes)  # fmt: skip
+            torch.onnx.export(
+                module.eval(),
+                example,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                input_names=list(input_names),
+                output_names=list(output_names),
+                dynamic_shapes=shapes,
+            )
     finally:
         exporter_log.setLevel(level)
     return path
@@ -96,8 +108,9 @@ def torch_runner(module: torch.nn.Module) -> Callable[..., np.ndarray]:
     return run
 
 
-def compare_latency(variants: dict[str, Callable[..., Any]], inputs: Sequence[tuple[np.ndarray, ...]],
-                    warmup: int = 3) -> dict[str, list[float]]:  # fmt: skip
+def compare_latency(
+    variants: dict[str, Callable[..., Any]], inputs: Sequence[tuple[np.ndarray, ...]], warmup: int = 3
+) -> dict[str, list[float]]:
     """Seconds per call of each variant on each input, the variants taking turns on every input (after `warmup`
     untimed calls each), so that load from elsewhere on the machine affects them alike."""
     for run in variants.values():
@@ -124,8 +137,12 @@ def throughput(run: Callable[..., Any], batch: tuple[np.ndarray, ...], repeats: 
     return len(batch[0]) / float(np.median(times))
 
 
-def predict_in_batches(run: Callable[..., np.ndarray], encode: Callable[[list[str]], tuple[np.ndarray, ...]],
-                       texts: list[str], batch_size: int = 32) -> np.ndarray:  # fmt: skip
+def predict_in_batches(
+    run: Callable[..., np.ndarray],
+    encode: Callable[[list[str]], tuple[np.ndarray, ...]],
+    texts: list[str],
+    batch_size: int = 32,
+) -> np.ndarray:
     """Outputs of `run` on `texts`, encoded `batch_size` at a time by `encode` (texts -> model inputs)."""
     return np.concatenate([run(*encode(texts[i : i + batch_size])) for i in range(0, len(texts), batch_size)])
 
@@ -195,8 +212,14 @@ def keep_layers(module: torch.nn.Module, keep: Sequence[int]) -> torch.nn.Module
     return student
 
 
-def distill_embeddings(student: torch.nn.Module, batches: list[tuple], targets: list[torch.Tensor], epochs: int,
-                       lr: float = 1e-4, progress: Callable[[Any], Any] = iter) -> list[float]:  # fmt: skip
+def distill_embeddings(
+    student: torch.nn.Module,
+    batches: list[tuple],
+    targets: list[torch.Tensor],
+    epochs: int,
+    lr: float = 1e-4,
+    progress: Callable[[Any], Any] = iter,
+) -> list[float]:
     """Train a student (a module with `.embed(input_ids, attention_mask)`, such as a `keep_layers` copy of the
     served SentenceClassifier) to reproduce the teacher's sentence embeddings: mean squared error between
     `student.embed(*batch)` and the teacher's embedding of the same batch (`targets`, computed once), AdamW over

@@ -67,8 +67,12 @@ def fresh_run(settings: TrainSettings, processes: int = 1) -> dict[str, object]:
     if done.returncode != 0:
         raise RuntimeError(f"training program failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     memory = output / "memory.json"
-    return {"metrics": read_metrics(output), "memory": json.loads(memory.read_text()) if memory.exists() else [],
-            "seconds": seconds, "log": done.stdout}  # fmt: skip
+    return {
+        "metrics": read_metrics(output),
+        "memory": json.loads(memory.read_text()) if memory.exists() else [],
+        "seconds": seconds,
+        "log": done.stdout,
+    }
 
 
 def saved_activation_bytes(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> int:

@@ -58,8 +58,20 @@ STEP_PATTERN = re.compile(r"\bstep=(\d+);")  # every metric line starts with the
 ADAMW_BETAS = (0.9, 0.95)  # the training program's (utils.train; GPT-3, Brown et al., 2020, appendix B)
 # Searchable settings: those that change what is learned. Folders, logging and checkpoint cadence, and the settings
 # that define the hardware layout (strategy, precision, workers...) are not hyperparameters.
-SEARCHABLE = ("layers", "width", "heads", "batch_size", "grad_accum", "steps", "lr", "warmup", "min_lr_ratio",
-              "weight_decay", "clip", "seed")  # fmt: skip
+SEARCHABLE = (
+    "layers",
+    "width",
+    "heads",
+    "batch_size",
+    "grad_accum",
+    "steps",
+    "lr",
+    "warmup",
+    "min_lr_ratio",
+    "weight_decay",
+    "clip",
+    "seed",
+)
 INTEGER_SETTINGS = {f.name for f in dataclasses.fields(TrainSettings) if f.type in ("int", int)}
 
 
@@ -178,8 +190,13 @@ def gradient_noise_scale(
     gradient_sq = (big_batch * big - small_batch * small) / (big_batch - small_batch)
     trace_sigma = (small - big) / (1 / small_batch - 1 / big_batch)
     noise_scale = trace_sigma / gradient_sq if gradient_sq > 0 else math.inf
-    return {"gradient_sq": gradient_sq, "trace_sigma": trace_sigma, "noise_scale": noise_scale,
-            "small_mean_sq": small, "big_mean_sq": big}  # fmt: skip
+    return {
+        "gradient_sq": gradient_sq,
+        "trace_sigma": trace_sigma,
+        "noise_scale": noise_scale,
+        "small_mean_sq": small,
+        "big_mean_sq": big,
+    }
 
 
 # ---------------------------------------------------------------------------------------- batch-size scaling
@@ -339,8 +356,15 @@ def run_trial(
     that logged no validation loss (pass `validation_data`). `program` replaces `python -m utils.train` (tests)."""
     start, losses, steps = time.perf_counter(), {}, 0
     with tempfile.TemporaryFile("w+") as errors:
-        process = subprocess.Popen([*program, *command_line(settings)], cwd=REPO, stdout=subprocess.PIPE,
-                                   stderr=errors, text=True, env=env, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            [*program, *command_line(settings)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_lines, args=(process.stdout, lines), daemon=True).start()
         failure, stopped = None, False
@@ -406,8 +430,9 @@ def open_study(
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     pruner = pruner if pruner is not None else optuna.pruners.MedianPruner(n_startup_trials=2)
-    study = optuna.create_study(storage=f"sqlite:///{path.resolve()}", study_name=name, direction="minimize",
-                                pruner=pruner, load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        storage=f"sqlite:///{path.resolve()}", study_name=name, direction="minimize", pruner=pruner, load_if_exists=True
+    )
     study.sampler = optuna.samplers.TPESampler(n_startup_trials=startup_trials, seed=seed + len(study.trials))
     return study
 
@@ -519,7 +544,10 @@ def parameter_ranges(space: Sequence[Dimension]) -> dict[str, list[dict[str, Any
     as the program's flags without dashes (`batch-size`), values as strings as the API wants them."""
     check_space(space)
     ranges: dict[str, list[dict[str, Any]]] = {
-        "IntegerParameterRanges": [], "ContinuousParameterRanges": [], "CategoricalParameterRanges": []}  # fmt: skip
+        "IntegerParameterRanges": [],
+        "ContinuousParameterRanges": [],
+        "CategoricalParameterRanges": [],
+    }
     for d in space:
         name = d.name.replace("_", "-")
         if d.choices:
@@ -541,8 +569,11 @@ def space_from_parameter_ranges(ranges: dict[str, list[dict[str, Any]]]) -> list
             if scaling not in SCALING.values():
                 raise ValueError(f"{r['Name']}: scaling {scaling} has no Optuna counterpart: use Linear or Logarithmic")
             cast = int if kind == "IntegerParameterRanges" else float
-            space.append(Dimension(r["Name"].replace("-", "_"), cast(r["MinValue"]), cast(r["MaxValue"]),
-                                   log=scaling == "Logarithmic"))  # fmt: skip
+            space.append(
+                Dimension(
+                    r["Name"].replace("-", "_"), cast(r["MinValue"]), cast(r["MaxValue"]), log=scaling == "Logarithmic"
+                )
+            )
     for r in ranges.get("CategoricalParameterRanges", []):
         name = r["Name"].replace("-", "_")
         cast = int if name in INTEGER_SETTINGS else float if name in BOUNDS else str

@@ -135,8 +135,11 @@ def _decode_body(request_body: bytes | str) -> str:
         try:
             return bytes(request_body).decode("utf-8")
         except UnicodeDecodeError as error:
-            raise RequestError(400, f"the body is not valid UTF-8 (byte {error.object[error.start]:#04x} at "
-                                    f"position {error.start}); send JSON encoded as UTF-8") from None  # fmt: skip
+            raise RequestError(
+                400,
+                f"the body is not valid UTF-8 (byte {error.object[error.start]:#04x} at "
+                f"position {error.start}); send JSON encoded as UTF-8",
+            ) from None
     return request_body
 
 
@@ -148,8 +151,11 @@ def _check_text(text: Any, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as error:
-        raise RequestError(400, f"{where} holds an unpaired surrogate {text[error.start]!r} at position "
-                                f"{error.start}, which is not valid Unicode text") from None  # fmt: skip
+        raise RequestError(
+            400,
+            f"{where} holds an unpaired surrogate {text[error.start]!r} at position "
+            f"{error.start}, which is not valid Unicode text",
+        ) from None
     return text
 
 
@@ -210,15 +216,20 @@ def input_fn(request_body, request_content_type):
     stream = request.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError(400, f"stream must be true or false, got {stream!r}")
-    return {"texts": texts, "single": single, "parameters": _check_parameters(request.get("parameters", {})),
-            "stream": stream}  # fmt: skip
+    return {
+        "texts": texts,
+        "single": single,
+        "parameters": _check_parameters(request.get("parameters", {})),
+        "stream": stream,
+    }
 
 
 def _check_limits(data: dict[str, Any], model: ServedModel) -> None:
     limits = model.limits
     if len(data["texts"]) > limits["max_inputs"]:
-        raise RequestError(422, f"{len(data['texts'])} inputs in one request; this endpoint takes at most "
-                                f"{limits['max_inputs']}")  # fmt: skip
+        raise RequestError(
+            422, f"{len(data['texts'])} inputs in one request; this endpoint takes at most {limits['max_inputs']}"
+        )
     if model.task == "text-classification":
         if data["parameters"] or data["stream"]:
             raise RequestError(422, "text-classification takes no parameters and cannot stream")
@@ -229,16 +240,20 @@ def _check_limits(data: dict[str, Any], model: ServedModel) -> None:
     for i, text in enumerate(data["texts"]):
         count = len(model.tokenizer(_prompt(text, model), add_special_tokens=False)["input_ids"])
         if count > limits["max_input_tokens"]:
-            raise RequestError(422, f"input {i} is {count} tokens long; this endpoint takes at most "
-                                    f"{limits['max_input_tokens']}: shorten it")  # fmt: skip
+            raise RequestError(
+                422,
+                f"input {i} is {count} tokens long; this endpoint takes at most "
+                f"{limits['max_input_tokens']}: shorten it",
+            )
 
 
 def _prompt(text: str, model: ServedModel) -> str:
     """The user's text inside the model's chat template when it has one (an instruction-tuned model), else as is."""
     if model.tokenizer.chat_template is None:
         return text
-    return model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                               tokenize=False)  # fmt: skip
+    return model.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def _sampling(parameters: dict[str, Any], model: ServedModel) -> dict[str, Any]:
@@ -260,8 +275,9 @@ def _eos_ids(model: ServedModel) -> set[int]:
 def _generate(texts: list[str], settings: dict[str, Any], model: ServedModel) -> list[tuple[list[int], bool]]:
     """One batched `generate` (left padding) for prompts sharing sampling settings: per text, the generated token
     ids up to the first end-of-sequence token, and whether it stopped there."""
-    batch = model.tokenizer([_prompt(t, model) for t in texts], return_tensors="pt", padding=True,
-                            add_special_tokens=False).to(model.network.device)  # fmt: skip
+    batch = model.tokenizer(
+        [_prompt(t, model) for t in texts], return_tensors="pt", padding=True, add_special_tokens=False
+    ).to(model.network.device)
     with torch.inference_mode():
         output = model.network.generate(**batch, **settings)
     eos, results = _eos_ids(model), []
@@ -276,8 +292,11 @@ def _generation_result(ids: list[int], stopped: bool, max_new_tokens: int, model
     # With greedy decoding, the cut is exactly what a pass of its own would have generated; it stopped on an
     # end-of-sequence token only if that token came within its own budget.
     ids, stopped = ids[:max_new_tokens], stopped and len(ids) < max_new_tokens
-    return {"generated_text": model.tokenizer.decode(ids, skip_special_tokens=True), "generated_tokens": len(ids),
-            "finish_reason": "stop" if stopped else "length"}  # fmt: skip
+    return {
+        "generated_text": model.tokenizer.decode(ids, skip_special_tokens=True),
+        "generated_tokens": len(ids),
+        "finish_reason": "stop" if stopped else "length",
+    }
 
 
 def _classify(texts: list[str], model: ServedModel) -> list[dict[str, Any]]:
@@ -286,9 +305,13 @@ def _classify(texts: list[str], model: ServedModel) -> list[dict[str, Any]]:
     batch = batch.to(model.network.head.weight.device)
     with torch.inference_mode():
         probabilities = model.network(batch["input_ids"], batch["attention_mask"]).softmax(-1).tolist()
-    return [{"label": model.labels[max(range(len(p)), key=p.__getitem__)],
-             "scores": {label: round(q, 6) for label, q in zip(model.labels, p, strict=True)}}
-            for p in probabilities]  # fmt: skip
+    return [
+        {
+            "label": model.labels[max(range(len(p)), key=p.__getitem__)],
+            "scores": {label: round(q, 6) for label, q in zip(model.labels, p, strict=True)},
+        }
+        for p in probabilities
+    ]
 
 
 def predict_batch_fn(requests, model):
@@ -372,16 +395,18 @@ def stream_fn(input_data, model, cancelled):
         raise RequestError(422, "streaming needs a text-generation model and a single input")
     settings = _sampling(input_data["parameters"], model)
     batch = model.tokenizer(_prompt(input_data["texts"][0], model), return_tensors="pt", add_special_tokens=False)
-    streamer = _CountingStreamer(model.tokenizer, _eos_ids(model), skip_prompt=True, skip_special_tokens=True,
-                                 timeout=120)  # fmt: skip
+    streamer = _CountingStreamer(
+        model.tokenizer, _eos_ids(model), skip_prompt=True, skip_special_tokens=True, timeout=120
+    )
     stop = StoppingCriteriaList([_StopWhenSet(cancelled)])
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
             with model.lock, torch.inference_mode():
-                model.network.generate(**batch.to(model.network.device), **settings, streamer=streamer,
-                                       stopping_criteria=stop)  # fmt: skip
+                model.network.generate(
+                    **batch.to(model.network.device), **settings, streamer=streamer, stopping_criteria=stop
+                )
         except BaseException as error:  # re-raised in the caller's thread below
             failure.append(error)
             streamer.end()

@@ -29,9 +29,15 @@ COURSE_KERNEL_DISPLAY = "Python (pretrain course)"
 #: What works for Debian's Chromium as root in a container. Without the background-networking flags Chromium
 #: keeps trying to reach Google's services, which floods a closed network.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 RUN_ALL_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.skipif(
@@ -90,8 +96,12 @@ def lab(tmp_path):
     log = (tmp_path / "lab.log").open("w")
     process = subprocess.Popen(
         ["make", "--no-print-directory", "lab", f"LAB_DIR={folder}", f"LAB_PORT={port}", f"LAB_ARGS={args}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", process)
         yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK}?token={token}", folder
@@ -115,9 +125,12 @@ def test_notebook_00_runs_in_the_course_kernel_through_the_ui(lab):
     shots.mkdir(parents=True)
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(folder.parent / "chromium-profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+            str(folder.parent / "chromium-profile"),
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1400, "height": 1000},
-        )  # fmt: skip
+        )
         page = context.pages[0] if context.pages else context.new_page()
         try:
             run_notebook_through_the_ui(page, url, shots)
