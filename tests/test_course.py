@@ -188,3 +188,27 @@ def test_a_killed_kernel_is_reported_with_the_out_of_memory_fix(tmp_path):
     assert error["ename"] == "DeadKernelError" and error["evalue"] == "Kernel died"
     assert "memory runs out" in error["hint"] and "--smoke --only 01" in error["hint"]
     assert "TROUBLESHOOTING.md" in error["hint"] and "memory runs out" in (run_dir / "index.html").read_text()
+
+
+def test_competing_cpu_counts_our_reaped_children_as_ours():
+    """A child's CPU time becomes ours once we wait for it: the notebook's kernel must not count as competition. The
+    child spins for a fixed amount of CPU time (not wall time), so a busy machine cannot change what it used."""
+    import subprocess
+    import sys
+
+    spin = [sys.executable, "-c", "import time\nwhile time.process_time() < 0.5: pass"]
+    competing = course.CompetingCpu()
+    before = competing._ours_s()
+    subprocess.run(spin, check=True)
+    assert competing._ours_s() - before >= 0.45
+
+
+def test_competing_cpu_is_the_machine_busy_time_minus_ours(monkeypatch):
+    busy, ours, clock = iter([100.0, 130.0]), iter([10.0, 25.0]), iter([0.0, 10.0])
+    monkeypatch.setattr(course.time, "perf_counter", lambda: next(clock))
+    competing = course.CompetingCpu()
+    monkeypatch.setattr(competing, "_busy_s", lambda: next(busy))
+    monkeypatch.setattr(competing, "_ours_s", lambda: next(ours))
+    with competing:
+        pass
+    assert competing.cores == 1.5  # (30 s busy - 15 s ours) over 10 s

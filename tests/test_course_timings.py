@@ -45,6 +45,7 @@ def test_record_merges_passed_notebooks_and_refuses_smoke_runs(tmp_path):
         "matmul_gflops": 88.4,
         "measured": "2026-11-23",
         "load_average_15min": None,
+        "other_cpu_cores": None,
     }
     later = json.loads(_summary(tmp_path, run="2026-11-30T10-00-00").read_text())
     later["notebooks"] = later["notebooks"][:1]
@@ -130,3 +131,18 @@ def test_times_from_a_busy_machine_stay_out_of_readme_and_notebooks_and_doctor_f
     assert "| 1 | 6 min, 2.5 GB | ready |" in readme.read_text()
     probe = {"threads": 2, "matmul": {"size": 1024, "gflops": 88.4}}
     assert "rough: 00, 01 were timed while the reference machine was busy" in doctor.check_speed(probe, timings).detail
+
+
+def test_competing_cpu_decides_busy_when_measured(tmp_path, capsys):
+    """The runner's measure of other programs' CPU wins over the load average, which counts the notebook itself."""
+    summary = json.loads(_summary(tmp_path).read_text())
+    summary["load_average_at_end"] = [2.1, 2.2, 2.3]  # a 2-thread notebook alone keeps a 2-core machine at ~2
+    summary["notebooks"][0]["other_cpu_cores"] = 0.04
+    summary["notebooks"][1]["other_cpu_cores"] = 0.9
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    timings = course_timings.record(tmp_path / "s.json", tmp_path / "timings.json")
+    kept = course_timings.publishable(timings)
+    assert set(kept) == {"00_course_tour.ipynb"}
+    assert "other programs kept 0.9 of 2 cores busy" in capsys.readouterr().out
+    assert doctor.timed_on_a_busy_machine({"load_average_15min": 12.0}, 2)  # older records: the load average
+    assert not doctor.timed_on_a_busy_machine({"load_average_15min": 12.0, "other_cpu_cores": 0.1}, 2)

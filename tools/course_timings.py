@@ -11,8 +11,9 @@ from different runs scale correctly. Only default-size runs and passed notebooks
 commands rewrite only the lines they own: the "time and memory" column of the README table and the line starting
 with `**Runs in:**` in each notebook's first cell (inserted after the "Book chapter" line the first time).
 
-Times measured while other work competed for the CPUs (15-minute load average above the core count, recorded by the
-runner) stay in the data file, where `make doctor` flags them, but `readme` and `notebooks` leave them out unless
+Times measured while other work competed for the CPUs (other programs kept more than a quarter of a core busy
+during the notebook, as the runner measures it; for older records, the 15-minute load average above the core count)
+stay in the data file, where `make doctor` flags them, but `readme` and `notebooks` leave them out unless
 `--allow-busy`: a reader should not be told a notebook takes three times longer than it does.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import nbformat
 
 from utils.course import format_memory
-from utils.doctor import format_duration
+from utils.doctor import format_duration, timed_on_a_busy_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ROOT / "data" / "course_timings.json"
@@ -74,6 +75,7 @@ def record(summary_path: Path, timings_path: Path = TIMINGS) -> dict[str, Any]:
             "matmul_gflops": round(matmul["gflops"], 1),
             "measured": measured,
             "load_average_15min": (summary.get("load_average_at_end") or [None] * 3)[2],
+            "other_cpu_cores": entry.get("other_cpu_cores"),
         }
         added.append(entry["notebook"])
     if not added:
@@ -109,22 +111,19 @@ def with_runs_in(text: str, line: str) -> str:
     return "\n".join(lines)
 
 
-def measured_on_a_busy_machine(entry: dict[str, Any], reference: dict[str, Any]) -> bool:
-    """Whether other work competed for the CPUs during the run (15-minute load average above the core count):
-    its times are then too long to print as what a reader should expect."""
-    load, cores = entry.get("load_average_15min"), reference.get("cores")
-    return bool(load and cores and load > cores)
-
-
 def publishable(timings: dict[str, Any], allow_busy: bool = False) -> dict[str, dict[str, Any]]:
     """The notebooks whose times may go into README.md and the notebooks; says which are held back and why."""
     kept = {}
     for name, entry in timings["notebooks"].items():
-        if measured_on_a_busy_machine(entry, timings["reference"]) and not allow_busy:
-            load, cores = entry["load_average_15min"], timings["reference"]["cores"]
+        cores = timings["reference"]["cores"]
+        if timed_on_a_busy_machine(entry, cores) and not allow_busy:
+            if entry.get("other_cpu_cores") is not None:
+                why = f"other programs kept {entry['other_cpu_cores']} of {cores} cores busy"
+            else:
+                why = f"load {entry['load_average_15min']} on {cores} cores"
             print(
-                f"{name}: left out, timed on a busy machine (load {load} on {cores} cores); rerun it when the "
-                "machine is quiet, or pass --allow-busy"
+                f"{name}: left out, timed on a busy machine ({why}); rerun it when the machine is quiet, "
+                "or pass --allow-busy"
             )
             continue
         kept[name] = entry

@@ -132,6 +132,7 @@ class NotebookResult:
     status: str  # "passed" or "failed"
     wall_s: float
     peak_rss_mb: float | None = None  # the kernel's process tree, see PeakMemory
+    other_cpu_cores: float | None = None  # CPU used by other programs meanwhile, see CompetingCpu
     metrics: dict[str, Any] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -293,6 +294,45 @@ class PeakMemory:
             self._stop.wait(self.interval_s)
 
 
+class CompetingCpu:
+    """How many cores other programs kept busy while the block ran (mean over its wall time): the machine's busy
+    CPU time (psutil's system-wide user, system, nice, irq and softirq seconds) minus the CPU time of this process
+    and of its child processes, which the kernel adds to ours once they are reaped (the notebook's kernel and what
+    it started). Near 0 means the notebook had the machine to itself, so its wall time is what a reader with the
+    same CPU should expect; a load average cannot say that, since it also counts the notebook's own threads and
+    remembers the 15 minutes before it started.
+    """
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.cores: float | None = None
+
+    def _busy_s(self) -> float:
+        times = self._psutil.cpu_times()
+        return (
+            times.user
+            + times.system
+            + getattr(times, "nice", 0.0)
+            + getattr(times, "irq", 0.0)
+            + getattr(times, "softirq", 0.0)
+        )
+
+    def _ours_s(self) -> float:
+        mine = self._psutil.Process().cpu_times()
+        return mine.user + mine.system + mine.children_user + mine.children_system
+
+    def __enter__(self) -> CompetingCpu:
+        self._start = (time.perf_counter(), self._busy_s(), self._ours_s())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._start[0]
+        others = (self._busy_s() - self._start[1]) - (self._ours_s() - self._start[2])
+        self.cores = round(max(others, 0.0) / wall, 2) if wall > 0 else None
+
+
 def dead_kernel_hint(peak_bytes: int, notebook: str) -> str:
     """What to tell a reader whose kernel died: almost always the kernel ran out of memory and the system's
     out-of-memory killer ended it with SIGKILL, which leaves no Python traceback behind."""
@@ -318,7 +358,7 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
     env = {**HEADLESS_ENV, SMOKE_ENV: "1" if smoke else "0", RECORD_FILE_ENV: str(record_file)}
     start = time.perf_counter()
     error = None
-    with _environment(env), PeakMemory() as memory:
+    with _environment(env), PeakMemory() as memory, CompetingCpu() as competing:
         try:
             papermill.execute_notebook(
                 str(source),
@@ -342,6 +382,7 @@ def run_notebook(source: Path, run_dir: Path, smoke: bool, timeout_s: int) -> No
         status="failed" if error else "passed",
         wall_s=round(wall, 1),
         peak_rss_mb=round(memory.peak_bytes / 1e6, 1) if memory.peak_bytes else None,
+        other_cpu_cores=competing.cores,
         metrics=metrics,
         figures=[str(path.relative_to(run_dir)) for path in figures],
         error=error,

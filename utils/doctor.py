@@ -53,6 +53,9 @@ DISK_AFTER_SETUP_GB = 2.0
 
 #: A machine whose matrix multiplies run this many times slower than the reference machine's gets a warning.
 SLOW_CPU_FACTOR = 3.0
+#: A notebook's recorded time is "rough" when other programs kept more than this many cores busy while it ran (the
+#: runner's `other_cpu_cores`): a quarter of a core steals about 12% of a 2-core machine. Our choice, not a standard.
+BUSY_OTHER_CORES = 0.25
 SETUP_FIX = "make setup"
 NOT_PROBED = "not checked: the course's virtual environment could not be probed (see the setup line)"
 
@@ -493,6 +496,17 @@ def check_lab_port(port: int) -> Check:
     )
 
 
+def timed_on_a_busy_machine(entry: dict[str, Any], cores: int | None) -> bool:
+    """Whether other work competed for the CPUs while this notebook's time was recorded: the cores other programs
+    kept busy during the notebook (`other_cpu_cores`, measured by the runner) above BUSY_OTHER_CORES, or, for times
+    recorded before the runner measured that, the 15-minute load average at the end of the run above the core count."""
+    other = entry.get("other_cpu_cores")
+    if other is not None:
+        return other > BUSY_OTHER_CORES
+    load = entry.get("load_average_15min")
+    return bool(load and cores and load > cores)
+
+
 def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) -> Check:
     """This machine's fp32 matmul throughput against the reference machine's, and the course's time scaled by it."""
     if probe is None:
@@ -519,9 +533,7 @@ def check_speed(probe: dict[str, Any] | None, timings: dict[str, Any] | None) ->
         f"slowest, {slowest[:2]}, about {format_duration(walls[slowest])}"
     )
     busy = [
-        name[:2]
-        for name, nb in timings["notebooks"].items()
-        if (nb.get("load_average_15min") or 0) > (reference.get("cores") or 10**6)
+        name[:2] for name, nb in timings["notebooks"].items() if timed_on_a_busy_machine(nb, reference.get("cores"))
     ]
     if busy:
         detail += f" (rough: {', '.join(busy)} were timed while the reference machine was busy with other work)"
