@@ -10,7 +10,8 @@ Targets (issue 18):
 
 Every process uses `--threads` torch threads (the servers through OMP_NUM_THREADS), as notebook 12 does.
 
-    .venv/bin/python benchmarks/serving_speed.py [--threads 1] [--clients 16] [--new-tokens 12] [--passages 100]
+    .venv/bin/python benchmarks/serving_speed.py [--threads 1] [--clients 16] [--answer-tokens 12 32] [--repeats 5]
+        [--new-tokens 12] [--passages 100]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -67,22 +69,43 @@ def classifier_ratios(work: Path, passages: int) -> dict[str, float]:
     }
 
 
-def batching_ratio(work: Path, clients: int, new_tokens: int, threads: int) -> dict[str, float]:
-    """Generated tokens/s of the course's server with and without dynamic batching, `clients` concurrent clients."""
+def batching_ratios(
+    work: Path, clients: int, answer_tokens: list[int], threads: int, repeats: int
+) -> dict[int, dict[str, list[float]]]:
+    """Generated tokens/s of the course's server with dynamic batching (its default ServerSettings) and without it
+    (max_batch 1), `clients` concurrent clients sending one request each, for each answer length in
+    `answer_tokens`. Both servers run side by side and take turns, `repeats` times, so that other load on the
+    machine slows them alike; returns {answer tokens: {"unbatched", "batched", "passes": [...] per repeat}}, where
+    "passes" counts the batched server's forward passes (generate calls) per burst."""
     from utils import assets, serving
 
     folder = serving.write_model_folder(work / "smollm2", assets.smollm2_dir(), {"task": "text-generation"})
     env = {"OMP_NUM_THREADS": str(threads)}
     prompts = ["Name a play by Shakespeare.", "What is a stage?", "Say hello in French.", "Describe a storm."]
-    payloads = [{"inputs": p, "parameters": {"max_new_tokens": new_tokens}} for p in prompts]
-    rates = {}
-    for name, settings in [("unbatched", serving.ServerSettings(max_batch=1)), ("batched", serving.ServerSettings())]:
-        with serving.start_server(folder, env=env, settings=settings) as server:
-            serving.load_test(server.url, payloads[:1], clients=1, requests_per_client=1)  # warm-up
-            result = serving.load_test(server.url, payloads, clients=clients, requests_per_client=1)
-            if set(result.statuses) != {200}:
-                raise RuntimeError(f"{name} server answered {dict(result.statuses)}: {result.errors[:2]}")
-            rates[name] = result.tokens_per_s
+    settings = {"unbatched": serving.ServerSettings(max_batch=1), "batched": serving.ServerSettings()}
+    servers = {
+        name: serving.start_server(folder, port=serving.free_port(8080 + i), env=env, settings=s, wait=False)
+        for i, (name, s) in enumerate(settings.items())
+    }
+    rates = {n: {"unbatched": [], "batched": [], "passes": []} for n in answer_tokens}
+    try:
+        for server in servers.values():
+            server.wait_ready()
+            serving.load_test(server.url, [{"inputs": "Hi", "parameters": {"max_new_tokens": 2}}], 1, 1)  # warm-up
+        for _ in range(repeats):
+            for n in answer_tokens:
+                payloads = [{"inputs": p, "parameters": {"max_new_tokens": n}} for p in prompts]
+                for name, server in servers.items():
+                    before = httpx.get(f"{server.url}/stats").json()["batches"]
+                    result = serving.load_test(server.url, payloads, clients=clients, requests_per_client=1)
+                    if set(result.statuses) != {200}:
+                        raise RuntimeError(f"{name} server answered {dict(result.statuses)}: {result.errors[:2]}")
+                    rates[n][name].append(result.tokens_per_s)
+                    if name == "batched":
+                        rates[n]["passes"].append(httpx.get(f"{server.url}/stats").json()["batches"] - before)
+    finally:
+        for server in servers.values():
+            server.stop()
     return rates
 
 
@@ -124,7 +147,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent load-test clients")
-    parser.add_argument("--new-tokens", type=int, default=12, help="tokens per generation request")
+    parser.add_argument("--new-tokens", type=int, default=12, help="tokens per batch-1 decode in the roofline part")
+    parser.add_argument(
+        "--answer-tokens",
+        type=int,
+        nargs="+",
+        default=[12, 32],
+        help="tokens per load-test request, one load test per value (32: the course server's default answer length)",
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="alternated load tests per server and answer length")
     parser.add_argument("--passages", type=int, default=100, help="single passages timed per classifier variant")
     args = parser.parse_args()
     enable_offline_mode()
@@ -132,7 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="serving-bench-") as tmp:
         work = Path(tmp)
         classifier = classifier_ratios(work, args.passages)
-        rates = batching_ratio(work, args.clients, args.new_tokens, args.threads)
+        rates = batching_ratios(work, args.clients, args.answer_tokens, args.threads, args.repeats)
         decode = roofline_fraction(args.new_tokens)
     print(f"torch {torch.__version__}, {args.threads} thread(s) per process")
     speedup = classifier["p50_fp32_ms"] / classifier["p50_int8_ms"]
@@ -145,11 +176,14 @@ def main() -> None:
         f"{classifier['accuracy_fp32']:.1%}, int8 {classifier['accuracy_int8']:.1%}; predictions agree on "
         f"{classifier['agreement']:.1%}"
     )
-    ratio = rates["batched"] / rates["unbatched"]
-    print(
-        f"server, {args.clients} clients: unbatched {rates['unbatched']:.1f} tokens/s, batched {rates['batched']:.1f}"
-        f" tokens/s -> {ratio:.2f}x   (target >= 3x)"
-    )
+    for n, rate in rates.items():
+        ratios = [b / u for b, u in zip(rate["batched"], rate["unbatched"], strict=True)]
+        print(
+            f"server, {args.clients} clients, {n}-token answers ({len(ratios)} alternated repeats): unbatched "
+            f"{statistics.median(rate['unbatched']):.1f} tokens/s, batched {statistics.median(rate['batched']):.1f} "
+            f"tokens/s -> median {statistics.median(ratios):.2f}x (repeats {min(ratios):.2f}-{max(ratios):.2f}x; "
+            f"{'/'.join(map(str, rate['passes']))} batched passes per burst)   (target >= 3x)"
+        )
     fraction = decode["measured"] / decode["roofline"]
     print(
         f"decode at batch 1: {decode['measured']:.1f} tokens/s; bound {decode['roofline']:.1f} tokens/s "
