@@ -252,7 +252,7 @@ def choice_logprobs(
             past.batch_repeat_interleave(len(ids))
             mask = torch.cat([torch.ones(len(ids), shared, dtype=mask.dtype, device=device), mask], dim=1)
         keep = ids.shape[1] - min(len(s) for s in suffixes) + 1  # from the shortest prompt's last token on
-        use_cache = past is not None or not single
+        use_cache = past is not None or (per_prompt and not single)  # the choices continue from this cache
         out = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=use_cache, logits_to_keep=keep)
         logprobs = out.logits[:, -keep:].float().log_softmax(-1)
         offset = ids.shape[1] - keep
