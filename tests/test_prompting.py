@@ -140,6 +140,17 @@ def test_choice_logprobs_equal_a_plain_per_pair_computation(tiny_model, tokenize
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
 
 
+def test_multi_token_choices_continue_from_the_prompt_cache_across_padding(tiny_model, tokenizer):
+    # choices of 1, 2 and 3 tokens after prompts of very different lengths: the short prompts' padding sits
+    # between their last token and the continued choice tokens, which must neither see it nor shift position
+    prompts = ["a", "word " * 40, "a passage of middling length", "two words"]
+    choices = ["history", "comedy", "tragedy", "x y z w"]
+    expected = _reference_logprobs(tiny_model, tokenizer, prompts, choices)
+    for batch_size, share in [(4, True), (3, False)]:
+        got = P.choice_logprobs(tiny_model, tokenizer, prompts, choices, batch_size=batch_size, share_prefix=share)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_choice_logprobs_handle_prompt_tuning_virtual_tokens(tokenizer):
     from peft import PromptTuningConfig, get_peft_model
 

@@ -161,6 +161,33 @@ def _pad_right(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple
     return ids, mask
 
 
+def _continuation_logprobs(
+    model: Any, past: Any, mask: torch.Tensor, ends: Sequence[int], choice_ids: Sequence[Sequence[int]], pad: int
+) -> torch.Tensor:
+    """Log-probability of every choice's tokens after its first, shape (len(ends), len(choice_ids)), continuing
+    each prompt row from `past`, the key-value cache of the right-padded prompt rows (attention `mask`, real
+    lengths `ends`). Each (prompt, choice) becomes a row holding the choice's tokens but its last, placed right
+    after its prompt's last real token (explicit positions; the prompt's padding stays masked)."""
+    tails = [list(ids[:-1]) for ids in choice_ids]  # inputs whose next tokens are the choice's 2nd, 3rd, ...
+    width, prompts, n = max(len(t) for t in tails), len(ends), len(choice_ids)
+    device = mask.device
+    ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device).repeat(prompts, 1)
+    tail_mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails], device=device)
+    mask = torch.cat([mask.repeat_interleave(n, dim=0), tail_mask.to(mask.dtype).repeat(prompts, 1)], dim=1)
+    positions = (torch.tensor(ends, device=device)[:, None] + torch.arange(width, device=device)).repeat_interleave(
+        n, dim=0
+    )
+    past.batch_repeat_interleave(n)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+    logprobs = out.logits.float().log_softmax(-1).view(prompts, n, width, -1)
+    scores = torch.zeros(prompts, n)
+    for c, ids_c in enumerate(choice_ids):
+        if len(ids_c) > 1:
+            targets = torch.tensor(ids_c[1:], device=device)
+            scores[:, c] = logprobs[:, c, torch.arange(len(targets), device=device), targets].sum(-1).cpu()
+    return scores
+
+
 @torch.no_grad()
 def choice_logprobs(
     model: Any,
@@ -179,10 +206,13 @@ def choice_logprobs(
     moved into the prompt: their log-probability, the same for every choice, is left out of the scores, which
     changes neither the ranking nor the probabilities renormalised over the choices.
 
-    When every remaining choice is one token, one row per prompt scores them all from its last position;
-    otherwise every (prompt, choice) pair is a row. Rows are right-padded (so positions need no correction),
-    `batch_size` prompts of similar length make one forward pass, and the vocabulary projection runs only on
-    the last positions a batch needs (`logits_to_keep`). Raises ValueError for empty or duplicate inputs.
+    Each prompt is one row: its last position scores every choice's first token. Choices of several tokens
+    then continue from that row's key-value cache, one short row per (prompt, choice) holding only the
+    choice's remaining tokens, so the prompt is run once, not once per choice (prompt- and prefix-tuned models,
+    whose virtual tokens peft adds on every call, run every (prompt, choice) pair as a whole row instead).
+    Rows are right-padded, `batch_size` prompts of similar length make one forward pass, and the vocabulary
+    projection runs only on the last positions a batch needs (`logits_to_keep`). Raises ValueError for empty
+    or duplicate inputs.
     """
     if not prompts or not choices:
         raise ValueError("need at least one prompt and one choice to score")
@@ -207,13 +237,14 @@ def choice_logprobs(
         cache = model(input_ids=torch.tensor([prompt_ids[0][:shared]], device=device), use_cache=True).past_key_values
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     single = all(len(ids) == 1 for ids in choice_ids)
+    per_prompt = single or not is_prompt_learning(model)  # one row per prompt; else one per (prompt, choice)
     first = [ids[0] for ids in choice_ids]
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     scores = torch.zeros(len(prompt_ids), len(choice_ids))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         suffixes = [prompt_ids[i][shared:] for i in chunk]
-        rows = suffixes if single else [s + c for s in suffixes for c in choice_ids]
+        rows = suffixes if per_prompt else [s + c for s in suffixes for c in choice_ids]
         ids, mask = _pad_right(rows, pad, device)
         past = None
         if cache is not None:
@@ -221,14 +252,16 @@ def choice_logprobs(
             past.batch_repeat_interleave(len(ids))
             mask = torch.cat([torch.ones(len(ids), shared, dtype=mask.dtype, device=device), mask], dim=1)
         keep = ids.shape[1] - min(len(s) for s in suffixes) + 1  # from the shortest prompt's last token on
-        out = model(
-            input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None, logits_to_keep=keep
-        )
+        use_cache = past is not None or (per_prompt and not single)  # the choices continue from this cache
+        out = model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=use_cache, logits_to_keep=keep)
         logprobs = out.logits[:, -keep:].float().log_softmax(-1)
         offset = ids.shape[1] - keep
-        if single:  # one row per prompt: every choice is one token, scored from the prompt's last position
+        if per_prompt:  # every choice's first token from the prompt's last position, the rest from its cache
             last = torch.tensor([len(s) - 1 - offset for s in suffixes], device=device)
             scores[chunk] = logprobs[torch.arange(len(rows), device=device), last][:, first].cpu()
+            if not single:
+                ends = [shared + len(s) for s in suffixes]
+                scores[chunk] += _continuation_logprobs(model, out.past_key_values, mask, ends, choice_ids, pad)
             continue
         for r, (s, c) in enumerate((s, c) for s in range(len(suffixes)) for c in range(len(choice_ids))):
             at = len(suffixes[s]) - 1 - offset + torch.arange(len(choice_ids[c]), device=device)
