@@ -95,6 +95,20 @@ def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
         assert labels[:length].tolist() == ours[tuple(ids[:length].tolist())]
 
 
+def test_the_first_warm_up_step_already_learns(tokenizer, data, tmp_path):
+    assert [ft.warmup_factor(k, 2) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    assert ft.warmup_factor(0, 0) == 1.0
+    trainer = ft.sft_trainer(
+        tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, 1, 1e-3, 2, lora=ft.lora_config(2, 4)
+    )
+    trainer.train()
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 2 / 3)  # the rate of the next step
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "B starts at zero: only a step at lr > 0 moves it"
+    with pytest.raises(ValueError, match="warmup"):
+        ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, 1, 1e-3, 2, warmup=-1)
+
+
 def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer, data, tmp_path):
     validation = data["validation"][:6]
     sweep = ft.sft_sweep(
@@ -136,8 +150,22 @@ def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer
     for name, parameter in fresh.model.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(parameter, trained[name])
+    text = ft.describe_sweep("LoRA", sweep, 1.0).splitlines()
+    assert len(text) == 4 and text[-1].startswith(f"  chosen: lr {sweep['lr']:g}, {sweep['steps']} steps")
     with pytest.raises(ValueError, match="every"):
         ft.ValidationCurve(tokenizer, validation, every=0)
+
+
+def test_course_gpt_classifier_starts_from_the_saved_weights_or_from_scratch(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    saved = GPT2LMHeadModel.from_pretrained(tmp_path).transformer.wte.weight
+    pretrained = ft.course_gpt_classifier(tmp_path, True, pad_id=0)
+    scratch = ft.course_gpt_classifier(tmp_path, False, pad_id=0)
+    assert pretrained.config.num_labels == 3 and pretrained.config.pad_token_id == 0
+    torch.testing.assert_close(pretrained.transformer.wte.weight, saved)
+    assert not torch.equal(scratch.transformer.wte.weight, saved)
 
 
 def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
