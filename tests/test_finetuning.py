@@ -2,6 +2,8 @@
 rank classification with a shared key-value cache, and adapters saved, merged and reloaded unchanged. Models are a
 tiny random Llama with SmolLM2's tokenizer, so the tests take seconds."""
 
+import json
+
 import pytest
 import tiny_models
 import torch
@@ -213,6 +215,23 @@ def test_adapter_save_merge_reload_equal(tokenizer, tmp_path, monkeypatch):
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="train_genre_adapter"):
         ft.adapter_info(tmp_path / "nothing")
+
+
+def test_train_genre_adapter_reuses_only_an_adapter_of_the_same_settings_and_recipe(
+    tokenizer, data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(ft.assets, "load_smollm2", lambda device="cpu": (tiny_llama(tokenizer), tokenizer))
+    small = {"train": data["train"][:2], "validation": data["validation"][:2]}
+    folder = ft.train_genre_adapter(tmp_path / "adapter", steps=1, batch_size=2, rank=2, data=small)
+    info = ft.adapter_info(folder)
+    assert info["settings"]["steps"] == 1 and info["recipe_version"] == ft.ADAPTER_RECIPE_VERSION
+    marker = folder / ft.COMPLETE_MARKER
+    written = marker.stat().st_mtime_ns
+    assert ft.train_genre_adapter(folder, steps=1, batch_size=2, rank=2, data=small) == folder
+    assert marker.stat().st_mtime_ns == written  # reused, not retrained
+    marker.write_text(json.dumps({**info, "recipe_version": 1}))  # trained before the warm-up fix
+    ft.train_genre_adapter(folder, steps=1, batch_size=2, rank=2, data=small)
+    assert ft.adapter_info(folder)["recipe_version"] == ft.ADAPTER_RECIPE_VERSION
 
 
 def test_fit_classifier_learns_a_separable_task_and_predicts():

@@ -376,6 +376,9 @@ def classify(
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_NAME = "smollm2-genre-lora"
 COMPLETE_MARKER = ".complete.json"
+#: Saved with every adapter (`save_adapter`); `train_genre_adapter` reuses a cached adapter only if it matches. Raised
+#: whenever training changes what the same settings produce: 2 since the first warm-up step learns (`warmup_factor`).
+ADAPTER_RECIPE_VERSION = 2
 
 
 def lora_config(rank: int = 8, alpha: int = 16, targets: Sequence[str] = LORA_TARGETS) -> Any:
@@ -611,7 +614,8 @@ def adapter_dir(name: str = ADAPTER_NAME) -> Path:
 
 def save_adapter(model: Any, tokenizer: Any, folder: str | Path, info: dict[str, Any]) -> Path:
     """Save a peft model's adapter weights and config, the tokenizer, and `info` (settings and results, JSON)
-    into `folder`, atomically: written to a staging folder that replaces `folder` only once complete."""
+    into `folder`, atomically: written to a staging folder that replaces `folder` only once complete. `info` is
+    saved with `ADAPTER_RECIPE_VERSION` added."""
     import shutil
 
     folder = Path(folder)
@@ -619,6 +623,7 @@ def save_adapter(model: Any, tokenizer: Any, folder: str | Path, info: dict[str,
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    info = {**info, "recipe_version": ADAPTER_RECIPE_VERSION}
     (staging / COMPLETE_MARKER).write_text(json.dumps(info, indent=1, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
@@ -664,13 +669,16 @@ def train_genre_adapter(
     data: dict[str, list[dict[str, str]]] | None = None,
 ) -> Path:
     """Train SmolLM2-135M-Instruct's LoRA adapter for the genre task (notebook 10's recipe, `GENRE_ADAPTER`) and
-    save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings is reused
-    unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to `genre_dataset(words=words)`.
-    At the defaults, training takes about half a minute on one CPU core, plus loading and a validation pass."""
+    save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings and
+    `ADAPTER_RECIPE_VERSION` is reused unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to
+    `genre_dataset(words=words)`. At the defaults, training takes about half a minute on one CPU core, plus loading
+    and a validation pass."""
     folder = Path(folder) if folder is not None else adapter_dir()
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "rank": rank, "words": words}
-    if not force and (folder / COMPLETE_MARKER).exists() and adapter_info(folder).get("settings") == settings:
-        return folder
+    if not force and (folder / COMPLETE_MARKER).exists():
+        cached = adapter_info(folder)
+        if cached.get("settings") == settings and cached.get("recipe_version") == ADAPTER_RECIPE_VERSION:
+            return folder
     data = data if data is not None else genre_dataset(words=words)
     model, tokenizer = assets.load_smollm2()
     trainer = sft_trainer(
