@@ -96,3 +96,19 @@ def test_win_rate_interval_agrees_with_wilson_and_shrinks_with_items():
     assert result["high"] - result["low"] < 0.12  # 300 items: about +-5 points
     alike = ev.win_rate([2, 2, 2], [1, 1, 1])
     assert (alike["low"], alike["win_rate"], alike["high"]) == (1.0, 1.0, 1.0)
+
+
+def test_method_result_row_and_table():
+    truth = ["a", "b", "a", "b"]
+    train, test = ev.Usage(2.0, 100.0, 300.0), ev.Usage(0.5, 100.0, 250.0)
+    row = ev.method_result(truth, ["a", "b", "b", "b"], ["a", "b"], 10, train, 400, test)
+    assert row["accuracy"] == 0.75 and row["low"] <= 0.75 <= row["high"]
+    assert row["train_tok_s"] == 200.0 and row["peak_mb"] == 300.0 and row["test_s"] == 0.5
+    assert row["confusion"].tolist() == [[1, 1], [0, 2]]
+    untrained = ev.method_result(truth, truth, ["a", "b"], test=test)
+    assert untrained["train_s"] == 0.0 and np.isnan(untrained["train_tok_s"]) and untrained["peak_mb"] == 250.0
+    assert ev.describe_result("m", row).startswith("m: accuracy 75.0% (95% CI")
+    table = ev.comparison_table({"trained": row, "zero-shot": untrained}).splitlines()
+    assert len(table) == 3 and table[0].startswith("method") and "75.0%" in table[1] and "nan" in table[2]
+    with pytest.raises(ValueError, match="test run"):
+        ev.method_result(truth, truth, ["a", "b"])

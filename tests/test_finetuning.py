@@ -2,6 +2,8 @@
 rank classification with a shared key-value cache, and adapters saved, merged and reloaded unchanged. Models are a
 tiny random Llama with SmolLM2's tokenizer, so the tests take seconds."""
 
+import json
+
 import pytest
 import tiny_models
 import torch
@@ -95,6 +97,20 @@ def test_trl_masks_the_same_tokens(tokenizer, data, tmp_path):
         assert labels[:length].tolist() == ours[tuple(ids[:length].tolist())]
 
 
+def test_the_first_warm_up_step_already_learns(tokenizer, data, tmp_path):
+    assert [ft.warmup_factor(k, 2) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    assert ft.warmup_factor(0, 0) == 1.0
+    trainer = ft.sft_trainer(
+        tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, 1, 1e-3, 2, lora=ft.lora_config(2, 4)
+    )
+    trainer.train()
+    assert trainer.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 2 / 3)  # the rate of the next step
+    lora_b = [p for n, p in trainer.model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "B starts at zero: only a step at lr > 0 moves it"
+    with pytest.raises(ValueError, match="warmup"):
+        ft.sft_trainer(tiny_llama(tokenizer), tokenizer, data["train"][:2], tmp_path, 1, 1e-3, 2, warmup=-1)
+
+
 def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer, data, tmp_path):
     validation = data["validation"][:6]
     sweep = ft.sft_sweep(
@@ -136,8 +152,22 @@ def test_sweep_picks_on_validation_and_its_checkpoint_is_a_shorter_run(tokenizer
     for name, parameter in fresh.model.named_parameters():
         if parameter.requires_grad:
             torch.testing.assert_close(parameter, trained[name])
+    text = ft.describe_sweep("LoRA", sweep, 1.0).splitlines()
+    assert len(text) == 4 and text[-1].startswith(f"  chosen: lr {sweep['lr']:g}, {sweep['steps']} steps")
     with pytest.raises(ValueError, match="every"):
         ft.ValidationCurve(tokenizer, validation, every=0)
+
+
+def test_course_gpt_classifier_starts_from_the_saved_weights_or_from_scratch(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    saved = GPT2LMHeadModel.from_pretrained(tmp_path).transformer.wte.weight
+    pretrained = ft.course_gpt_classifier(tmp_path, True, pad_id=0)
+    scratch = ft.course_gpt_classifier(tmp_path, False, pad_id=0)
+    assert pretrained.config.num_labels == 3 and pretrained.config.pad_token_id == 0
+    torch.testing.assert_close(pretrained.transformer.wte.weight, saved)
+    assert not torch.equal(scratch.transformer.wte.weight, saved)
 
 
 def test_cached_prefix_scores_equal_full_forward(tokenizer, data):
@@ -185,6 +215,23 @@ def test_adapter_save_merge_reload_equal(tokenizer, tmp_path, monkeypatch):
         assert torch.allclose(merged(input_ids=ids).logits, adapted, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="train_genre_adapter"):
         ft.adapter_info(tmp_path / "nothing")
+
+
+def test_train_genre_adapter_reuses_only_an_adapter_of_the_same_settings_and_recipe(
+    tokenizer, data, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(ft.assets, "load_smollm2", lambda device="cpu": (tiny_llama(tokenizer), tokenizer))
+    small = {"train": data["train"][:2], "validation": data["validation"][:2]}
+    folder = ft.train_genre_adapter(tmp_path / "adapter", steps=1, batch_size=2, rank=2, data=small)
+    info = ft.adapter_info(folder)
+    assert info["settings"]["steps"] == 1 and info["recipe_version"] == ft.ADAPTER_RECIPE_VERSION
+    marker = folder / ft.COMPLETE_MARKER
+    written = marker.stat().st_mtime_ns
+    assert ft.train_genre_adapter(folder, steps=1, batch_size=2, rank=2, data=small) == folder
+    assert marker.stat().st_mtime_ns == written  # reused, not retrained
+    marker.write_text(json.dumps({**info, "recipe_version": 1}))  # trained before the warm-up fix
+    ft.train_genre_adapter(folder, steps=1, batch_size=2, rank=2, data=small)
+    assert ft.adapter_info(folder)["recipe_version"] == ft.ADAPTER_RECIPE_VERSION
 
 
 def test_fit_classifier_learns_a_separable_task_and_predicts():

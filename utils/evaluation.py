@@ -103,6 +103,59 @@ def bootstrap_interval(correct: Sequence[bool], samples: int = 2000, level: floa
     return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
+def method_result(
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    labels: Sequence[str],
+    trainable: int = 0,
+    train: Usage | None = None,
+    train_tokens: int = 0,
+    test: Usage | None = None,
+) -> dict:
+    """One method's row of a comparison table: test accuracy with its bootstrap interval (`low`, `high`), macro F1,
+    the confusion matrix and the predictions, next to what it trained (`trainable` parameters) and what it cost:
+    training seconds and tokens per second (`train_tokens` over `train.seconds`; NaN without training), peak
+    resident memory (MB) over training and testing, and test seconds (notebook 10's table)."""
+    if test is None:
+        raise ValueError("need the test run's Usage (from `measure()`) to report its time and memory")
+    metrics = classification_metrics(truth, predicted, labels)
+    low, high = bootstrap_interval([p == t for p, t in zip(predicted, truth, strict=True)])
+    return {
+        "accuracy": metrics["accuracy"],
+        "low": low,
+        "high": high,
+        "macro_f1": metrics["macro_f1"],
+        "trainable": trainable,
+        "train_s": train.seconds if train else 0.0,
+        "train_tok_s": train_tokens / train.seconds if train and train.seconds > 0 else float("nan"),
+        "peak_mb": max(u.peak_rss_mb for u in (train, test) if u),
+        "test_s": test.seconds,
+        "confusion": metrics["confusion"],
+        "predicted": list(predicted),
+    }
+
+
+def describe_result(name: str, result: dict) -> str:
+    """One line: a `method_result`'s accuracy with its 95% interval and macro F1."""
+    return (
+        f"{name}: accuracy {result['accuracy']:.1%} (95% CI {result['low']:.0%}-{result['high']:.0%}), "
+        f"F1 {result['macro_f1']:.2f}"
+    )
+
+
+def comparison_table(results: dict[str, dict]) -> str:
+    """`method_result` rows, by method name, as a fixed-width text table (notebook 10's one table)."""
+    header = ["accuracy", "95% CI", "F1", "trainable", "train s", "tok/s", "peak MB", "test s"]
+    widths = [8, 10, 5, 12, 8, 7, 8, 7]
+    lines = [f"{'method':27} " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True))]
+    for name, r in results.items():
+        lines.append(
+            f"{name:27} {r['accuracy']:8.1%} {r['low']:5.0%}-{r['high']:<4.0%} {r['macro_f1']:5.2f} "
+            f"{r['trainable']:12,} {r['train_s']:8.1f} {r['train_tok_s']:7,.0f} {r['peak_mb']:8,.0f} {r['test_s']:7.1f}"
+        )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- contamination
 
 

@@ -19,6 +19,7 @@ torch, transformers, datasets, peft, trl, numpy and scikit-learn.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import random
@@ -375,6 +376,9 @@ def classify(
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_NAME = "smollm2-genre-lora"
 COMPLETE_MARKER = ".complete.json"
+#: Saved with every adapter (`save_adapter`); `train_genre_adapter` reuses a cached adapter only if it matches. Raised
+#: whenever training changes what the same settings produce: 2 since the first warm-up step learns (`warmup_factor`).
+ADAPTER_RECIPE_VERSION = 2
 
 
 def lora_config(rank: int = 8, alpha: int = 16, targets: Sequence[str] = LORA_TARGETS) -> Any:
@@ -396,6 +400,13 @@ def bf16_available() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning-rate multiplier of optimizer step `step` (0 for the first): (step + 1) / (warmup + 1) during
+    the `warmup` warm-up steps, then 1. Unlike transformers' `get_constant_schedule_with_warmup` (step / warmup,
+    so 0 at the first step), every step learns: with warmup 2 the rates are 1/3, 2/3, then the full rate."""
+    return min(1.0, (step + 1) / (warmup + 1))
+
+
 def sft_trainer(
     model: Any,
     tokenizer: Any,
@@ -409,9 +420,10 @@ def sft_trainer(
     warmup: int = 2,
 ) -> Any:
     """trl's SFTTrainer for the genre task: chat template applied, loss on the answer only (prompt-completion
-    data with `completion_only_loss`), AdamW at a constant rate `lr` after `warmup` steps of linear warm-up (a
-    fixed count, not a share of `steps`, so the model after k steps of a longer run is the model a k-step run ends
-    with, which is what lets `sft_sweep` read every step count off one run), no checkpoints, and fp32
+    data with `completion_only_loss`), AdamW at a constant rate `lr` after `warmup` steps of linear warm-up
+    (`warmup_factor`: the first step already learns, at lr / (warmup + 1); a fixed count, not a share of `steps`,
+    so the model after k steps of a longer run is the model a k-step run ends with, which is what lets `sft_sweep`
+    read every step count off one run), no checkpoints, and fp32
     unless a GPU with bf16 is present (trl's configs default to bf16 autocast, on CPUs too, and leave the trained
     model's forward wrapped in it). No activation checkpointing (trl turns it on by default): recomputing every
     block in the backward pass costs about a third more compute, and a 135M model's activations fit a laptop.
@@ -422,15 +434,29 @@ def sft_trainer(
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    if steps < 1 or batch_size < 1 or not examples:
-        raise ValueError(f"need steps >= 1, batch_size >= 1 and examples (got {steps}, {batch_size}, {len(examples)})")
+    if steps < 1 or batch_size < 1 or not examples or warmup < 0:
+        raise ValueError(
+            f"need steps >= 1, batch_size >= 1, warmup >= 0 and examples "
+            f"(got {steps}, {batch_size}, {warmup}, {len(examples)})"
+        )
+
+    class WarmupSFTTrainer(SFTTrainer):
+        """SFTTrainer with `warmup_factor`'s schedule: transformers' "constant_with_warmup" runs its first step at
+        a rate of exactly 0, a step that changes nothing."""
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is None:
+                factor = functools.partial(warmup_factor, warmup=warmup)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+                self._created_lr_scheduler = True
+            return self.lr_scheduler
+
     config = SFTConfig(
         output_dir=str(output_dir),
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=warmup,
+        lr_scheduler_type="constant",  # replaced by WarmupSFTTrainer's schedule
         logging_steps=1,
         save_strategy="no",
         report_to="none",
@@ -446,7 +472,9 @@ def sft_trainer(
     )
     data = Dataset.from_list([prompt_completion(e) for e in examples])
     set_seed(seed)
-    return quiet(SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora))
+    return quiet(
+        WarmupSFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer, peft_config=lora)
+    )
 
 
 class ValidationCurve(TrainerCallback):
@@ -557,6 +585,19 @@ def sft_sweep(
     }
 
 
+def describe_sweep(name: str, sweep: dict[str, Any], seconds: float) -> str:
+    """An `sft_sweep` result as text: each learning rate's validation accuracy at every checkpoint with the answer
+    counts [comedy/history/tragedy], then the choice and the sweep's wall `seconds`."""
+    lines = [f"{name}: validation accuracy at each checkpoint [answers {'/'.join(GENRES)}]"]
+    for lr, points in sweep["curves"].items():
+        shown = [f"{p['step']}: {p['accuracy']:.0%} [{'/'.join(map(str, p['predicted'].values()))}]" for p in points]
+        lines.append(f"  lr {lr:g}: " + "  ".join(shown))
+    lines.append(
+        f"  chosen: lr {sweep['lr']:g}, {sweep['steps']} steps ({sweep['accuracy']:.0%}), sweep {seconds:.0f} s"
+    )
+    return "\n".join(lines)
+
+
 def quiet(trainer: Any) -> Any:
     """The trainer without the callback that prints every log line when progress bars are off (headless runs);
     the lines stay in `trainer.state.log_history`."""
@@ -573,7 +614,8 @@ def adapter_dir(name: str = ADAPTER_NAME) -> Path:
 
 def save_adapter(model: Any, tokenizer: Any, folder: str | Path, info: dict[str, Any]) -> Path:
     """Save a peft model's adapter weights and config, the tokenizer, and `info` (settings and results, JSON)
-    into `folder`, atomically: written to a staging folder that replaces `folder` only once complete."""
+    into `folder`, atomically: written to a staging folder that replaces `folder` only once complete. `info` is
+    saved with `ADAPTER_RECIPE_VERSION` added."""
     import shutil
 
     folder = Path(folder)
@@ -581,6 +623,7 @@ def save_adapter(model: Any, tokenizer: Any, folder: str | Path, info: dict[str,
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    info = {**info, "recipe_version": ADAPTER_RECIPE_VERSION}
     (staging / COMPLETE_MARKER).write_text(json.dumps(info, indent=1, default=str))
     shutil.rmtree(folder, ignore_errors=True)
     staging.rename(folder)
@@ -610,9 +653,9 @@ def load_genre_adapter(folder: str | Path | None = None, merge: bool = False, de
 
 #: The genre adapter's recipe: SFT steps, examples per step, learning rate, LoRA rank, words per passage. Steps and
 #: learning rate are notebook 10's choice on the validation plays (`sft_sweep` over lr 2e-4 and 1e-3, validation
-#: accuracy every 5 steps of batches of 8); the test plays played no part in it. It is the best of a poor set: 40% on
+#: accuracy every 4 steps of batches of 8); the test plays played no part in it. It is the best of a poor set: 36% on
 #: validation, where every setting tried answered one label for most passages (chance is 33%).
-GENRE_ADAPTER = {"steps": 5, "batch_size": 8, "lr": 2e-4, "rank": 8, "words": 24}
+GENRE_ADAPTER = {"steps": 4, "batch_size": 8, "lr": 2e-4, "rank": 8, "words": 24}
 
 
 def train_genre_adapter(
@@ -626,13 +669,16 @@ def train_genre_adapter(
     data: dict[str, list[dict[str, str]]] | None = None,
 ) -> Path:
     """Train SmolLM2-135M-Instruct's LoRA adapter for the genre task (notebook 10's recipe, `GENRE_ADAPTER`) and
-    save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings is reused
-    unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to `genre_dataset(words=words)`.
-    At the defaults, training takes about half a minute on one CPU core, plus loading and a validation pass."""
+    save it with `save_adapter`; returns the folder. A complete adapter trained with the same settings and
+    `ADAPTER_RECIPE_VERSION` is reused unless `force`. `data` ({"train": [...], "validation": [...]}) defaults to
+    `genre_dataset(words=words)`. At the defaults, training takes about half a minute on one CPU core, plus loading
+    and a validation pass."""
     folder = Path(folder) if folder is not None else adapter_dir()
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "rank": rank, "words": words}
-    if not force and (folder / COMPLETE_MARKER).exists() and adapter_info(folder).get("settings") == settings:
-        return folder
+    if not force and (folder / COMPLETE_MARKER).exists():
+        cached = adapter_info(folder)
+        if cached.get("settings") == settings and cached.get("recipe_version") == ADAPTER_RECIPE_VERSION:
+            return folder
     data = data if data is not None else genre_dataset(words=words)
     model, tokenizer = assets.load_smollm2()
     trainer = sft_trainer(
@@ -686,6 +732,20 @@ def fit_classifier(
         losses.append(loss.item())
     model.eval()
     return losses
+
+
+def course_gpt_classifier(folder: str | Path, pretrained: bool, pad_id: int, seed: int = 0) -> torch.nn.Module:
+    """A three-way genre classifier (`GPT2ForSequenceClassification`, which reads the last token's state) on the
+    course GPT saved in `folder` by `pretrain_course_gpt`: its pretrained weights, or, with `pretrained=False`, the
+    same architecture from random weights (the control that measures what pretraining bought). The new head is
+    drawn after `torch.manual_seed(seed)`, so both copies start from the same head."""
+    from transformers import AutoConfig, GPT2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(folder, num_labels=len(GENRES), pad_token_id=pad_id)
+    if pretrained:
+        return GPT2ForSequenceClassification.from_pretrained(folder, config=config)
+    return GPT2ForSequenceClassification(config)
 
 
 @torch.no_grad()
@@ -800,7 +860,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, c: float = 10.0) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m utils.finetuning --steps 5 ...`: train and save the genre adapter (defaults: `GENRE_ADAPTER`).
+    """`python -m utils.finetuning --steps 4 ...`: train and save the genre adapter (defaults: `GENRE_ADAPTER`).
 
     On SageMaker the adapter goes to $SM_MODEL_DIR (uploaded as model.tar.gz); elsewhere to `--output` or
     `adapter_dir()`."""
