@@ -146,3 +146,15 @@ def test_competing_cpu_decides_busy_when_measured(tmp_path, capsys):
     assert "other programs kept 0.9 of 2 cores busy" in capsys.readouterr().out
     assert doctor.timed_on_a_busy_machine({"load_average_15min": 12.0}, 2)  # older records: the load average
     assert not doctor.timed_on_a_busy_machine({"load_average_15min": 12.0, "other_cpu_cores": 0.1}, 2)
+
+
+def test_a_chapters_solutions_do_not_take_its_row_in_the_readme(tmp_path):
+    summary = json.loads(_summary(tmp_path).read_text())
+    solutions = dict(summary["notebooks"][0], notebook="00_course_tour_solutions.ipynb", wall_s=999.0)
+    summary["notebooks"].append(solutions)  # recorded after the chapter, as `make course` runs it
+    (tmp_path / "s.json").write_text(json.dumps(summary))
+    timings = course_timings.record(tmp_path / "s.json", tmp_path / "timings.json")
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    course_timings.update_readme(timings, readme)
+    assert "| - | 30 s, 1.2 GB | ready |" in readme.read_text() and "17 min" not in readme.read_text()

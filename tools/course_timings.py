@@ -150,6 +150,12 @@ def update_notebooks(
     return changed
 
 
+def is_solution(name: str) -> bool:
+    """Whether a recorded notebook is a chapter's exercise solutions (notebooks/solutions/NN_*_solutions.ipynb),
+    which shares its chapter's number but not its row in the README's table."""
+    return name.endswith("_solutions.ipynb")
+
+
 def update_readme(timings: dict[str, Any], readme: Path = README, allow_busy: bool = False) -> bool:
     """Give the README's course table (header `| # | notebook |`) a time-and-memory column filled from the
     timings; planned chapters get "-". Return whether the file changed."""
@@ -160,7 +166,8 @@ def update_readme(timings: dict[str, Any], readme: Path = README, allow_busy: bo
         raise SystemExit(f"{readme} has no course table (a line starting '| # | notebook |')")
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
     has_column = TABLE_COLUMN in header
-    by_number = {name[:2]: entry for name, entry in publishable(timings, allow_busy).items()}
+    chapters = {name: entry for name, entry in publishable(timings, allow_busy).items() if not is_solution(name)}
+    by_number = {name[:2]: entry for name, entry in chapters.items()}
     end = start + 2
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
