@@ -300,7 +300,9 @@ class CompetingCpu:
     and of its child processes, which the kernel adds to ours once they are reaped (the notebook's kernel and what
     it started). Near 0 means the notebook had the machine to itself, so its wall time is what a reader with the
     same CPU should expect; a load average cannot say that, since it also counts the notebook's own threads and
-    remembers the 15 minutes before it started.
+    remembers the 15 minutes before it started. A process the notebook leaves behind for the system to reap (its
+    parent exited first) takes its CPU time with it and counts as another program here, so a notebook that starts
+    such processes (chapter 8's local training jobs, it appears) reads busier than it was.
     """
 
     def __init__(self) -> None:
