@@ -398,8 +398,10 @@ def lora_model(model: torch.nn.Module, config: Any, base_dtype: torch.dtype = to
 
     `torch.bfloat16` halves the frozen weights' memory (SmolLM2-135M: about 540 MB of fp32 to 270 MB), the
     low-precision frozen base QLoRA trains against (Dettmers et al., 2023, with a 4-bit base that needs
-    bitsandbytes and a GPU). fp32 stays the default: not every CPU has native bf16 matmuls, and chapter 10 trains in
-    fp32 (`benchmarks/lora_vs_full.py --base-dtype` measures both)."""
+    bitsandbytes and a GPU). The bf16 activations round away part of an adapter's first, small updates (bf16 keeps
+    8 significant bits), so early losses read higher than on an fp32 base although the adapters learn almost the
+    same; they can be evaluated or merged on the fp32 base. fp32 stays the default: not every CPU has native bf16
+    matmuls, and chapter 10 trains in fp32 (`benchmarks/lora_vs_full.py --base-dtype` measures both)."""
     from peft import get_peft_model
 
     if not base_dtype.is_floating_point:
