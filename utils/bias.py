@@ -560,24 +560,13 @@ def lora_fine_tune(
     if steps < 1 or batch_size < 1 or not texts:
         raise BiasInputError(f"need steps >= 1, batch_size >= 1 and texts (got {steps}, {batch_size}, {len(texts)})")
     warmup = max(steps // 10, 1)
-
-    class WarmupSFTTrainer(SFTTrainer):
-        """SFTTrainer with `warmup_factor`'s schedule in place of the one `lr_scheduler_type` names."""
-
-        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
-            if self.lr_scheduler is None:
-                factor = functools.partial(warmup_factor, warmup=warmup)
-                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
-                self._created_lr_scheduler = True
-            return self.lr_scheduler
-
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(
             output_dir=scratch,
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             learning_rate=lr,
-            lr_scheduler_type="constant",  # replaced by WarmupSFTTrainer's schedule
+            lr_scheduler_type="constant",  # replaced below by `warmup_factor`'s schedule
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -590,7 +579,7 @@ def lora_fine_tune(
             activation_checkpointing=False,
             disable_tqdm=True,
         )
-        trainer = WarmupSFTTrainer(
+        trainer = SFTTrainer(
             model=copy.deepcopy(model),
             args=config,
             train_dataset=Dataset.from_dict({"text": texts}),
@@ -598,6 +587,9 @@ def lora_fine_tune(
             peft_config=lora,
         )
         trainer.remove_callback(PrinterCallback)  # headless runs would print every log line
+        trainer.create_optimizer()  # the trainer keeps an optimizer and a schedule that exist before train()
+        factor = functools.partial(warmup_factor, warmup=warmup)
+        trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, factor)
         trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     return trainer.model.eval(), losses
