@@ -299,6 +299,14 @@ def test_monitor_alerts_outside_limits_only_on_big_enough_windows():
         B.BiasMonitor({"DI": (1.0, 0.5)})
 
 
+def test_baseline_limits_are_the_mean_plus_or_minus_k_standard_deviations():
+    baseline = [{"AD": 0.0, "DPPL": 0.1}, {"AD": 0.2, "DPPL": 0.1}]
+    limits = B.baseline_limits(baseline, ["AD", "DPPL"], sds=2)
+    assert limits["AD"] == pytest.approx((-0.1, 0.3)) and limits["DPPL"] == pytest.approx((0.1, 0.1))
+    with pytest.raises(B.BiasInputError, match="two baseline windows"):
+        B.baseline_limits(baseline[:1], ["AD"])
+
+
 def test_run_schedule_checks_every_window_in_order():
     monitor = B.BiasMonitor({"gap": (None, 0.2)}, min_examples=1)
     alerts = B.run_schedule(monitor, [1, 2, 3], lambda day: ({"gap": 0.1 * day}, 40))
@@ -322,3 +330,14 @@ def test_lora_fine_tune_adapts_a_copy_and_leaves_the_base_alone(tiny_lm):
     assert learned > B.continuation_logprob(model, tokenizer, ["The nurse"], " helped the woman.")[0]
     with pytest.raises(B.BiasInputError, match="steps >= 1"):
         B.lora_fine_tune(model, tokenizer, texts, lora, steps=0)
+
+
+def test_the_first_warm_up_step_of_a_lora_fine_tune_already_learns(tiny_lm):
+    from peft import LoraConfig
+
+    assert [B.warmup_factor(k, 2) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    model, tokenizer = tiny_lm
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    adapted, _ = B.lora_fine_tune(model, tokenizer, ["The nurse helped the woman."] * 2, lora, steps=1, batch_size=2)
+    lora_b = [p for name, p in adapted.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b), "B starts at zero: only a step at lr > 0 moves it"

@@ -263,3 +263,23 @@ def test_command_line_rejects_bad_settings(capsys):
     with pytest.raises(SystemExit):
         ft.main(["--steps", "0"])
     assert "must be positive" in capsys.readouterr().err
+
+
+def test_lora_model_with_a_bf16_base_trains_only_fp32_adapters(tokenizer):
+    model = ft.lora_model(tiny_llama(tokenizer), ft.lora_config(rank=4), base_dtype=torch.bfloat16)
+    adapters = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    frozen = {n: p for n, p in model.named_parameters() if "lora_" not in n}
+    assert adapters and all(p.dtype == torch.float32 and p.requires_grad for p in adapters.values())
+    assert frozen and all(p.dtype == torch.bfloat16 and not p.requires_grad for p in frozen.values())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([tokenizer("Now is the winter of our discontent").input_ids])
+    loss = model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(adapters)  # B (zero at the start) moves; no base weight does
+    assert all(state["exp_avg"].dtype == torch.float32 for state in optimizer.state.values())
+    with pytest.raises(ValueError, match="floating-point"):
+        ft.lora_model(tiny_llama(tokenizer), ft.lora_config(rank=4), base_dtype=torch.int8)

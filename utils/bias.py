@@ -522,6 +522,14 @@ def continuation_logprob(
 # ------------------------------------------------------------------------------ counterfactual data augmentation
 
 
+def warmup_factor(step: int, warmup: int) -> float:
+    """The learning-rate multiplier of optimizer step `step` (0 for the first) in `lora_fine_tune`: (step + 1) /
+    (warmup + 1) during the `warmup` warm-up steps, then 1, so every step learns (transformers' "constant_with_warmup"
+    uses step / warmup, a first step at rate 0 that changes nothing). The schedule of chapter 10's
+    `utils.finetuning.warmup_factor`, repeated here so that this module needs no other course module."""
+    return min(1.0, (step + 1) / (warmup + 1))
+
+
 def lora_fine_tune(
     model: Any,
     tokenizer: Any,
@@ -534,27 +542,31 @@ def lora_fine_tune(
 ) -> tuple[Any, list[float]]:
     """Fine-tune a copy of the causal LM `model` on plain `texts` with LoRA adapters (`lora`, a peft LoraConfig,
     e.g. chapter 10's `utils.finetuning.lora_config()`) through trl's SFTTrainer: loss on every token, AdamW at a
-    constant `lr` after 10% warm-up, fp32 (trl's configs default to bf16 autocast, on CPUs too), no checkpoints.
+    constant `lr` after a linear warm-up over 10% of the steps (at least one) whose first step already learns
+    (`warmup_factor`), fp32 (trl's configs default to bf16 autocast, on CPUs too), no checkpoints and no activation
+    checkpointing (trl turns it on; recomputing every block costs about a third more compute on a small model).
     `model` itself is left untouched, so several fine-tunes can start from one base. Two calls with the same
     `seed`, `steps` and `batch_size` draw the same number of examples per step in the same random order of their
     data. Returns (the adapted model in eval mode, the training loss per step)."""
     import copy
+    import functools
     import tempfile
 
+    import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     if steps < 1 or batch_size < 1 or not texts:
         raise BiasInputError(f"need steps >= 1, batch_size >= 1 and texts (got {steps}, {batch_size}, {len(texts)})")
+    warmup = max(steps // 10, 1)
     with tempfile.TemporaryDirectory() as scratch:
         config = SFTConfig(
             output_dir=scratch,
             max_steps=steps,
             per_device_train_batch_size=batch_size,
             learning_rate=lr,
-            lr_scheduler_type="constant_with_warmup",
-            warmup_steps=max(steps // 10, 1),
+            lr_scheduler_type="constant",  # replaced below by `warmup_factor`'s schedule
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -564,6 +576,7 @@ def lora_fine_tune(
             max_length=128,
             dataloader_num_workers=0,
             dataloader_pin_memory=False,
+            activation_checkpointing=False,
             disable_tqdm=True,
         )
         trainer = SFTTrainer(
@@ -574,6 +587,9 @@ def lora_fine_tune(
             peft_config=lora,
         )
         trainer.remove_callback(PrinterCallback)  # headless runs would print every log line
+        trainer.create_optimizer()  # the trainer keeps an optimizer and a schedule that exist before train()
+        factor = functools.partial(warmup_factor, warmup=warmup)
+        trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, factor)
         trainer.train()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     return trainer.model.eval(), losses
@@ -731,6 +747,22 @@ class BiasMonitor:
     def series(self, name: str) -> tuple[list[Any], list[float]]:
         """(windows, values) of one metric over the recorded history, for plotting."""
         return [row["window"] for row in self.history], [row[name] for row in self.history]
+
+
+def baseline_limits(
+    baseline: Sequence[dict[str, float]], metrics: Sequence[str], sds: float = 4.0
+) -> dict[str, tuple[float, float]]:
+    """Allowed ranges for `BiasMonitor` from baseline windows (one dict of metrics each, e.g. days of a model known
+    to be fair): each metric's mean over the windows plus or minus `sds` standard deviations (numpy's, ddof 0), as
+    SageMaker Model Monitor's baseline job suggests constraints from a baseline dataset. The band is as wide as the
+    window-to-window noise, so it widens as windows shrink (notebook 11, section 7)."""
+    if len(baseline) < 2 or sds <= 0:
+        raise BiasInputError(f"need at least two baseline windows and sds > 0, got {len(baseline)} and {sds}")
+    limits = {}
+    for name in metrics:
+        values = np.array([window[name] for window in baseline], dtype=float)
+        limits[name] = (float(values.mean() - sds * values.std()), float(values.mean() + sds * values.std()))
+    return limits
 
 
 def run_schedule(

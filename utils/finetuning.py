@@ -390,6 +390,25 @@ def lora_config(rank: int = 8, alpha: int = 16, targets: Sequence[str] = LORA_TA
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), task_type="CAUSAL_LM")
 
 
+def lora_model(model: torch.nn.Module, config: Any, base_dtype: torch.dtype = torch.float32) -> Any:
+    """`model` wrapped in place with the LoRA adapters of `config` (peft's `get_peft_model`), its frozen base
+    weights first cast to `base_dtype`. The adapters and so their gradients and AdamW's moments stay fp32 whatever
+    the base (peft's `autocast_adapter_dtype`, on by default, upcasts bf16 adapters); each adapted layer runs the
+    base matmul in `base_dtype` and the adapter's in fp32, and hands back `base_dtype` activations.
+
+    `torch.bfloat16` halves the frozen weights' memory (SmolLM2-135M: about 540 MB of fp32 to 270 MB), the
+    low-precision frozen base QLoRA trains against (Dettmers et al., 2023, with a 4-bit base that needs
+    bitsandbytes and a GPU). The bf16 activations round away part of an adapter's first, small updates (bf16 keeps
+    8 significant bits), so early losses read higher than on an fp32 base although the adapters learn almost the
+    same; they can be evaluated or merged on the fp32 base. fp32 stays the default: not every CPU has native bf16
+    matmuls, and chapter 10 trains in fp32 (`benchmarks/lora_vs_full.py --base-dtype` measures both)."""
+    from peft import get_peft_model
+
+    if not base_dtype.is_floating_point:
+        raise ValueError(f"base_dtype must be a floating-point dtype such as torch.bfloat16, got {base_dtype}")
+    return get_peft_model(model.to(base_dtype), config, autocast_adapter_dtype=True)
+
+
 def count_trainable(model: torch.nn.Module) -> int:
     """Parameters that receive gradients (for a peft model: the adapters only)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
