@@ -78,8 +78,8 @@ def run_measured(command: Sequence[str], interval: float = 0.01) -> tuple[subpro
     seconds, and its peak resident memory in MB (with any processes it starts), sampled every `interval` seconds.
 
     From outside, because on Linux a process's own `ru_maxrss` also counts the pages it shared with its parent at
-    fork: `benchmarks/lora_vs_full.py`'s LoRA run, started from a notebook kernel holding 5 GB, reported 5,098 MB at
-    rank 8 and at rank 32 alike, and 2,839 MB when started from a shell. `start_rss_mb` is 0."""
+    fork: `benchmarks/lora_vs_full.py`'s LoRA child (and a rank-32 copy of it), started from a notebook kernel holding
+    5 GB, reported 5,098 MB both times, and 2,839 MB when started from a shell. `start_rss_mb` is 0."""
     process = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watched, usage, streams = psutil.Process(process.pid), Usage(), {}
     reader = threading.Thread(target=lambda: streams.update(zip(("out", "err"), process.communicate(), strict=True)))
