@@ -1,6 +1,8 @@
 """Measured cost of a block (time, peak resident memory), classification metrics, the bootstrap interval, the
 contamination check, Cohen's kappa and win rates."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,15 @@ def test_measure_sees_a_temporary_allocation():
     assert usage.peak_rss_mb >= usage.start_rss_mb
 
 
+def test_run_measured_reads_the_child_not_the_parent():
+    held = np.ones(300 * 2**20 // 8)  # 300 MiB resident in this process, which a forked child starts out sharing
+    child = "import numpy as np; x = np.ones(100 * 2**20 // 8); print(x.sum() > 0)"
+    done, usage = ev.run_measured([sys.executable, "-c", child], interval=0.005)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    assert 90 < usage.peak_rss_mb < 250 < held.nbytes / 2**20, usage  # its 100 MiB and numpy, not our 300
+    assert usage.seconds > 0 and ev.run_measured([sys.executable, "-c", "raise SystemExit(3)"])[0].returncode == 3
+
+
 def test_classification_metrics():
     truth = ["comedy", "comedy", "history", "tragedy"]
     labels = ["comedy", "history", "tragedy"]
@@ -27,6 +38,13 @@ def test_classification_metrics():
         ev.classification_metrics(["x"], ["comedy"], ["comedy"])
     with pytest.raises(ValueError, match="equally many"):
         ev.classification_metrics(["comedy"], [], ["comedy"])
+
+
+def test_accuracy_by_group():
+    found = ev.accuracy_by_group(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["x", "x", "y", "y"])
+    assert found == {"x": {"accuracy": 0.5, "correct": 1, "items": 2}, "y": {"accuracy": 1.0, "correct": 2, "items": 2}}
+    with pytest.raises(ValueError, match="one truth, prediction and group"):
+        ev.accuracy_by_group(["a"], ["a"], [])
 
 
 def test_bootstrap_interval_brackets_the_accuracy():

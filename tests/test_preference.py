@@ -120,6 +120,15 @@ def test_verse_rule_scores_verse_above_chat():
     assert [pref.syllables(w) for w in ("summer", "discontent", "the", "time")] == [2, 3, 1, 1]
 
 
+def test_rule_reward_is_the_verse_rule_against_each_prompt_in_either_format():
+    prompt, line = "Next line?\n\nO, what a rogue and peasant", "O, what a rogue and peasant slave art thou!"
+    plain = pref.rule_reward([prompt, prompt], [line, "Sure! Here is the next line:\nThe sun"])
+    chat = pref.rule_reward([pref.chat(prompt)], [[{"role": "assistant", "content": line}]])
+    assert plain == [3.0, 1.0] and chat == [3.0]  # the copied run "what a rogue and peasant" costs the point
+    with pytest.raises(ValueError, match="1 prompts but 2 completions"):
+        pref.rule_reward([prompt], [line, line])
+
+
 def test_reward_scores_and_pairwise_accuracy(tokenizer):
     torch.manual_seed(0)
     config = BertConfig(

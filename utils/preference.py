@@ -315,18 +315,29 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
     return float((chosen > rejected).float().mean())
 
 
+def _content(message: Any) -> str:
+    """The text of a trl prompt or completion: plain text, or the last turn of a chat-format list."""
+    return message[-1]["content"] if isinstance(message, list) else message
+
+
 def reward_function(model: Any, tokenizer: Any) -> Callable[..., list[float]]:
     """The reward model as a trl reward function: (prompts, completions) in plain or chat format -> scores."""
 
-    def content(x: Any) -> str:
-        return x[-1]["content"] if isinstance(x, list) else x
-
     def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-        texts = [content(p) for p in prompts], [content(c) for c in completions]
+        texts = [_content(p) for p in prompts], [_content(c) for c in completions]
         return reward_scores(model, tokenizer, *texts).tolist()
 
     reward.__name__ = "reward_model"
     return reward
+
+
+def rule_reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+    """`verse_rule` as a trl reward function (notebook 10's exercise 3 trains GRPO on it): each completion's 0-4
+    points, judged against its own prompt as the held-out judge does, so copying the prompt earns no point.
+    Prompts and completions in plain or chat format."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    return [float(verse_rule(_content(c), _content(p))) for p, c in zip(prompts, completions, strict=True)]
 
 
 # ------------------------------------------------------------------------------------------- DPO and the KL
