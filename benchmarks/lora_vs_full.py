@@ -6,7 +6,9 @@ this CPU; LoRA rank 8 on every attention and MLP projection. Full fine-tuning is
 its frozen base in fp32 (as chapter 10 trains) and, with `--base-dtype bf16` or `both`, in bf16 (the adapters,
 their gradients and AdamW's moments stay fp32: `utils.finetuning.lora_model`), the low-precision frozen base QLoRA
 trains against; a bf16 base also makes the base layers' activations bf16. Each run is a fresh process, so its peak
-resident set size (the kernel's ru_maxrss: model, gradients, optimizer state, activations, libraries) is its own;
+resident set size (Linux's VmHWM: model, gradients, optimizer state, activations, libraries) is its own (not
+ru_maxrss, which after fork and exec also keeps the parent's: started from a notebook kernel holding 5 GB, a child read
+5 GB whatever it trained);
 the methods alternate `--repeats` times and the medians are compared, with and without activation checkpointing
 (recomputing each block's activations in the backward pass, which QLoRA pairs with LoRA). LoRA removes the memory
 that grows with the trainable weights (gradients, AdamW's two moments), not the activations, so the ratio depends
@@ -33,6 +35,17 @@ from pathlib import Path
 TARGET = 0.6  # LoRA peak memory / full fine-tuning peak memory, at most
 #: The methods: full fine-tuning (fp32) and LoRA with its frozen base in each dtype of `--base-dtype`.
 LORA_BASES = {"lora": "fp32", "lora-bf16": "bf16"}
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM from /proc/self/status (this program's own high-water mark),
+    else getrusage's ru_maxrss (kilobytes on Linux, bytes on macOS), which may include the parent's at fork."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def child(method: str, steps: int, batch_size: int, checkpointing: bool) -> dict[str, float | list[float]]:
@@ -71,7 +84,7 @@ def child(method: str, steps: int, batch_size: int, checkpointing: bool) -> dict
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+    peak_mb = peak_resident_mb()
     with torch.no_grad():  # after the peak is read: evaluation holds less than a training step
         after = statistics.mean(model(**batch).loss.item() for batch in batches)
     on_fp32 = after
